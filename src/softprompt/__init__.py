@@ -1,0 +1,34 @@
+"""softprompt: prompt learning for frozen transformers."""
+
+__version__ = "0.1.0"
+
+from .api import (  # noqa: E402
+    LoadedPrompt,
+    Prediction,
+    TrainResult,
+    evaluate,
+    list_models,
+    load_model,
+    load_prompt,
+    predict,
+    predict_file,
+    train,
+)
+from .core import PromptArtifact  # noqa: E402
+from .errors import SoftpromptError  # noqa: E402
+
+__all__ = [
+    "LoadedPrompt",
+    "Prediction",
+    "PromptArtifact",
+    "SoftpromptError",
+    "TrainResult",
+    "__version__",
+    "evaluate",
+    "list_models",
+    "load_model",
+    "load_prompt",
+    "predict",
+    "predict_file",
+    "train",
+]

@@ -187,6 +187,8 @@ def load_base(
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     key = (name_or_path, str(kind), str(dtype), str(device))
     if reuse and key in _LOADED:
         return _LOADED[key]

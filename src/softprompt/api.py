@@ -1,0 +1,316 @@
+"""The Python API: train, evaluate, predict and list models, as typed functions over configs.
+
+The CLI is a thin shell over these; everything a command does, a function here does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import yaml
+
+from . import __version__
+from .configs import DataConfig, ModelConfig, RunConfig, from_dict, load_run_config, to_dict
+from .core import PromptArtifact, PromptedModel
+from .errors import ConfigError, DataError
+from .methods import get_method
+from .models import EMBEDDED, BaseModel, embedded_status, load_base
+from .tasks.classification import ClassificationConfig, ClassificationTask
+from .tasks.metrics import classification_metrics, format_report
+from .tasks.readers import Example, read_examples, sample_k_per_class, split_examples
+from .tasks.runner import Prepared, TaskPrompt, load_unit_export, predict_logits
+
+TASK_KINDS = {"classification": (ClassificationConfig, ClassificationTask)}
+
+
+def resolve_device(device: str) -> str:
+    """'auto' becomes cuda when a GPU is present, else cpu; anything else is checked and kept."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"model.device={device!r} but no CUDA device is available; use device=cpu")
+    return device
+
+
+def load_model(config: ModelConfig | Mapping | str) -> BaseModel:
+    """The frozen base model a ModelConfig (or a bare name) describes."""
+    if isinstance(config, str):
+        config = ModelConfig(name=config)
+    config = from_dict(ModelConfig, config) if not isinstance(config, ModelConfig) else config
+    return load_base(config.name, dtype=config.dtype, device=resolve_device(config.device))
+
+
+def _split_kind(section: Mapping[str, Any], key: str, default: str, where: str) -> tuple[str, dict]:
+    rest = dict(section or {})
+    name = rest.pop(key, default)
+    return str(name), rest
+
+
+def build_task(task_section: Mapping[str, Any], base: BaseModel, labels: Sequence[str], n_prefix: int) -> ClassificationTask:
+    """The task module that a config's task section describes."""
+    kind, rest = _split_kind(task_section, "kind", "classification", "task")
+    if kind not in TASK_KINDS:
+        raise ConfigError(f"task.kind={kind!r} is not one of: {', '.join(TASK_KINDS)}")
+    config_cls, task_cls = TASK_KINDS[kind]
+    return task_cls(from_dict(config_cls, rest, "task."), base, labels, n_prefix)
+
+
+def method_config(method_section: Mapping[str, Any]):
+    """(method class, its validated config) from a config's method section."""
+    name, rest = _split_kind(method_section, "name", "prompt_tuning", "method")
+    cls = get_method(name)
+    return cls, from_dict(cls.Config, rest, "method.")
+
+
+def _labels_of(task_section: Mapping[str, Any], examples: Sequence[Example]) -> list[str]:
+    if task_section.get("labels"):
+        return [str(label) for label in task_section["labels"]]
+    if task_section.get("verbalizer"):
+        return [str(label) for label in task_section["verbalizer"]]
+    found = sorted({e.label for e in examples if e.label is not None})
+    if len(found) < 2:
+        raise DataError(f"the training data has {len(found)} distinct label(s); classification needs at least two")
+    return found
+
+
+def read_split(path: str, data: DataConfig, *, require_label: bool = True, limit: int | None = None) -> list[Example]:
+    """Examples of one data file, read with the config's format and field names."""
+    return read_examples(
+        path,
+        format=None if data.format == "auto" else data.format,
+        text_field=data.text_field,
+        text_b_field=data.text_b_field,
+        label_field=data.label_field if require_label else None,
+        require_label=require_label,
+        limit=limit,
+    )
+
+
+def prepare(task: ClassificationTask, key: str, examples: Sequence[Example]) -> list[Prepared]:
+    """Examples turned into rows of one task (errors name file and line)."""
+    return [Prepared(key, task.prepare(e)) for e in examples]
+
+
+@dataclass
+class TrainResult:
+    """Where a run's artifact went and how good it is."""
+
+    artifact: Path
+    run_dir: Path
+    metrics: dict[str, Any]
+    best_step: int
+    steps: int
+    train_seconds: float
+    samples_per_second: float
+    trainable_parameters: int
+    history: list[dict] = field(default_factory=list)
+
+
+def _evaluate_items(pm, unit, items, labels, batch_size, padding_side) -> dict:
+    logits = predict_logits(pm, {unit.key: unit}, items, batch_size, padding_side)
+    pred = [labels[int(torch.argmax(l))] for l in logits]
+    gold = [labels[p.item.label] for p in items]
+    return classification_metrics(gold, pred, labels)
+
+
+def train(
+    config: RunConfig | Mapping | str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    base: BaseModel | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train a prompt as the config says; writes the artifact, resolved config and logs to the run dir."""
+    from .train.loop import fit
+
+    config = load_run_config(config, overrides)
+    data = config.data
+    if not data.train:
+        raise ConfigError("data.train is not set: give the training file (data.train=path/to/train.jsonl)")
+    train_examples = read_split(data.train, data, limit=data.max_train)
+    dev_examples = read_split(data.dev, data, limit=data.max_dev) if data.dev else []
+    if not dev_examples and data.dev_fraction > 0 and len(train_examples) >= 10:
+        train_examples, dev_examples = split_examples(train_examples, data.dev_fraction, config.training.seed)
+    if data.k_shot:
+        train_examples = sample_k_per_class(train_examples, data.k_shot, config.training.seed)
+    base = base or load_model(config.model)
+    method_cls, m_config = method_config(config.method)
+    labels = _labels_of(config.task, train_examples)
+    task = build_task(config.task, base, labels, getattr(m_config, "num_virtual_tokens", 0))
+    method = method_cls.initialise(m_config, base, label_words=task.label_words)
+    unit = TaskPrompt("task", method, task)
+    pm = PromptedModel(base)
+    train_items = prepare(task, unit.key, train_examples)
+    dev_items = prepare(task, unit.key, dev_examples)
+    trainable = sum(p.numel() for p in unit.parameters() if p.requires_grad)
+    run_dir = config.run_dir
+    log(
+        f"{base.name}: {len(train_items)} training and {len(dev_items)} dev examples, "
+        f"{method_cls.name} with {trainable:,} trainable parameters -> {run_dir}"
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    t = config.training
+    evaluate = (lambda: _evaluate_items(pm, unit, dev_items, labels, t.eval_batch_size, t.padding_side)) if dev_items else None
+    result = fit(pm, unit, train_items, t, run_dir, evaluate=evaluate, resume=resume, progress=progress, on_step=on_step)
+    metrics: dict[str, Any] = {}
+    if dev_items:
+        unit.eval()
+        metrics["dev"] = _evaluate_items(pm, unit, dev_items, labels, t.eval_batch_size, t.padding_side)
+        log(format_report(metrics["dev"]))
+    if data.test:
+        test_items = prepare(task, unit.key, read_split(data.test, data))
+        metrics["test"] = _evaluate_items(pm, unit, test_items, labels, t.eval_batch_size, t.padding_side)
+    meta = {
+        "method": method_cls.name,
+        "method_config": to_dict(m_config),
+        "task": {**to_dict(task.config), "kind": task.kind, "template": str(task.template), "labels": labels},
+        "data_fields": {"text_field": data.text_field, "text_b_field": data.text_b_field, "label_field": data.label_field},
+        "base_model": {
+            "name": base.name,
+            "fingerprint": base.fingerprint,
+            "model_type": base.info.model_type,
+            "hidden_size": base.info.hidden_size,
+            "num_layers": base.info.num_layers,
+        },
+        "training": {**to_dict(t), "best_step": result.best_step, "steps_done": result.steps_done},
+        "metrics": {split: {k: v for k, v in m.items() if k != "per_class"} for split, m in metrics.items()},
+        "softprompt_version": __version__,
+        "name": config.name,
+    }
+    artifact = PromptArtifact(result.best_tensors, meta)
+    path = artifact.save(run_dir / "prompt.safetensors")
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    log(f"saved {path} ({path.stat().st_size:,} bytes)")
+    return TrainResult(
+        artifact=path,
+        run_dir=run_dir,
+        metrics=metrics,
+        best_step=result.best_step,
+        steps=result.steps_done,
+        train_seconds=result.train_seconds,
+        samples_per_second=result.samples_per_second,
+        trainable_parameters=trainable,
+        history=result.history,
+    )
+
+
+@dataclass
+class LoadedPrompt:
+    """An artifact attached to a base model, ready to predict."""
+
+    unit: TaskPrompt
+    artifact: PromptArtifact
+    base: BaseModel
+
+    @property
+    def labels(self) -> list[str]:
+        return self.unit.task.labels
+
+
+def load_prompt(path: str | Path | PromptArtifact, base: BaseModel | str | None = None, *, key: str | None = None,
+                allow_model_mismatch: bool = False, device: str = "auto") -> LoadedPrompt:
+    """Attach an artifact to a base model (its own recorded base model when none is given)."""
+    artifact = path if isinstance(path, PromptArtifact) else PromptArtifact.load(path)
+    if base is None or isinstance(base, str):
+        base = load_model(ModelConfig(name=base or artifact.meta["base_model"]["name"], device=device))
+    artifact.check_fits(base, allow_mismatch=allow_model_mismatch)
+    method_cls, m_config = method_config({"name": artifact.method, **artifact.meta.get("method_config", {})})
+    task_section = {k: v for k, v in artifact.meta["task"].items()}
+    labels = task_section.pop("labels")
+    task = build_task(task_section, base, labels, getattr(m_config, "num_virtual_tokens", 0))
+    prompt_tensors = {k[len("prompt."):]: v for k, v in artifact.tensors.items() if k.startswith("prompt.")}
+    method = method_cls.from_export(m_config, prompt_tensors)
+    unit = TaskPrompt(key or (artifact.path.stem if artifact.path else "task"), method, task).to(base.device)
+    load_unit_export(unit, artifact.tensors)
+    unit.eval()
+    return LoadedPrompt(unit, artifact, base)
+
+
+def _data_config_of(loaded: LoadedPrompt, **overrides) -> DataConfig:
+    fields = dict(loaded.artifact.meta.get("data_fields", {}))
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return DataConfig(**fields)
+
+
+def evaluate(artifact: str | Path | LoadedPrompt, data_path: str | Path, *, format: str = "auto",
+             text_field: str | None = None, text_b_field: str | None = None, label_field: str | None = None,
+             batch_size: int = 32, allow_model_mismatch: bool = False, base: BaseModel | None = None) -> dict:
+    """Accuracy, macro-F1 and the per-class report of a prompt on a labelled data file."""
+    loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(
+        artifact, base, allow_model_mismatch=allow_model_mismatch
+    )
+    data = _data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field, label_field=label_field)
+    examples = read_split(str(data_path), data)
+    pm = PromptedModel(loaded.base)
+    items = prepare(loaded.unit.task, loaded.unit.key, examples)
+    return _evaluate_items(pm, loaded.unit, items, loaded.labels, batch_size, "left")
+
+
+@dataclass
+class Prediction:
+    """A predicted label with the probability of every label."""
+
+    label: str
+    probabilities: dict[str, float]
+    text: str = ""
+    source: str = ""
+
+
+def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example], *, batch_size: int = 32,
+            allow_model_mismatch: bool = False, base: BaseModel | None = None) -> list[Prediction]:
+    """Label and class probabilities for each text (or Example, for text pairs)."""
+    loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(
+        artifact, base, allow_model_mismatch=allow_model_mismatch
+    )
+    examples = []
+    for i, value in enumerate(inputs):
+        example = value if isinstance(value, Example) else Example(text=str(value), source=f"input {i + 1}")
+        if not example.text.strip():
+            raise DataError(f"{example.source or f'input {i + 1}'}: empty text")
+        examples.append(Example(example.text, example.text_b, None, example.source, example.fields))
+    pm = PromptedModel(loaded.base)
+    items = prepare(loaded.unit.task, loaded.unit.key, examples)
+    logits = predict_logits(pm, {loaded.unit.key: loaded.unit}, items, batch_size)
+    out = []
+    for example, value in zip(examples, logits):
+        probs = torch.softmax(value, -1).tolist()
+        best = max(range(len(probs)), key=probs.__getitem__)
+        out.append(Prediction(loaded.labels[best], dict(zip(loaded.labels, probs)), example.text, example.source))
+    return out
+
+
+def predict_file(artifact: str | Path | LoadedPrompt, in_path: str | Path, out_path: str | Path | None = None, *,
+                 format: str = "auto", text_field: str | None = None, text_b_field: str | None = None,
+                 batch_size: int = 32, allow_model_mismatch: bool = False) -> list[Prediction]:
+    """Predict every example of a file; with out_path, write one JSON object per line."""
+    loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(artifact, allow_model_mismatch=allow_model_mismatch)
+    data = _data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field)
+    examples = read_split(str(in_path), data, require_label=False)
+    predictions = predict(loaded, examples, batch_size=batch_size)
+    if out_path is not None:
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(f".{out_path.name}.tmp")
+        with tmp.open("w", encoding="utf-8") as handle:
+            for p in predictions:
+                handle.write(json.dumps({"source": p.source, "text": p.text, "label": p.label,
+                                         "probabilities": p.probabilities}, ensure_ascii=False) + "\n")
+        tmp.replace(out_path)
+    return predictions
+
+
+def list_models() -> list[dict[str, str]]:
+    """The embedded default models and whether each is ready to load."""
+    return [
+        {"name": name, "status": embedded_status(name), "description": spec.description, "install": spec.install}
+        for name, spec in EMBEDDED.items()
+    ]

@@ -1,0 +1,188 @@
+"""The `softprompt` command: a thin shell over softprompt.api."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Prompt learning for frozen transformers: train, evaluate and use kilobyte task prompts.",
+    pretty_exceptions_enable=False,
+)
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")):
+    _STATE["debug"] = debug
+
+
+def _fail(message: str, code: int = 2):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _run(fn, *args, **kwargs):
+    """Call an API function; user errors become one line on stderr and exit code 2."""
+    from .errors import SoftpromptError
+
+    try:
+        return fn(*args, **kwargs)
+    except SoftpromptError as exc:
+        if _STATE["debug"]:
+            raise
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the last finished step is checkpointed; run again with --resume", err=True)
+        raise typer.Exit(130)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML run config (model, task, method, data, training)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. training.lr=0.01"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's latest checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Train a prompt; writes prompt.safetensors, config.yaml, metrics and logs to the run directory."""
+    from . import api
+
+    result = _run(api.train, config, overrides or [], resume=resume, progress=not quiet, log=typer.echo)
+    summary = {k: round(v, 4) for k, v in result.metrics.get("dev", {}).items() if isinstance(v, float)}
+    typer.echo(f"done: {result.artifact}  dev {summary}  {result.samples_per_second:.1f} samples/s")
+
+
+@app.command("eval")
+def eval_(
+    artifact: Path = typer.Argument(..., help="A prompt .safetensors file."),
+    data: Path = typer.Argument(..., help="Labelled examples (JSONL, CSV/TSV, label-first lines, GLUE tsv)."),
+    format: str = typer.Option("auto", help="auto | jsonl | csv | tsv | label-first | glue-tsv"),
+    text_field: Optional[str] = typer.Option(None, help="Field of the text (default: as in training)."),
+    text_b_field: Optional[str] = typer.Option(None, help="Field of the second text of a pair."),
+    label_field: Optional[str] = typer.Option(None, help="Field of the label."),
+    batch_size: int = typer.Option(32, help="Examples per forward pass."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    allow_model_mismatch: bool = typer.Option(False, help="Use the prompt on a base model it was not made for."),
+):
+    """Evaluate a prompt on labelled data: accuracy, macro-F1 and a per-class report."""
+    from . import api
+    from .tasks.metrics import format_report
+
+    metrics = _run(api.evaluate, artifact, data, format=format, text_field=text_field, text_b_field=text_b_field,
+                   label_field=label_field, batch_size=batch_size, allow_model_mismatch=allow_model_mismatch)
+    typer.echo(json.dumps(metrics, indent=1) if as_json else format_report(metrics))
+
+
+@app.command()
+def predict(
+    artifact: Path = typer.Argument(..., help="A prompt .safetensors file."),
+    text: Optional[str] = typer.Argument(None, help="A text to classify (or use --file)."),
+    text_b: Optional[str] = typer.Option(None, help="Second text, for text-pair tasks."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Classify every example of a file."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --file: write JSONL here (default: stdout)."),
+    format: str = typer.Option("auto", help="Format of --file."),
+    batch_size: int = typer.Option(32),
+    allow_model_mismatch: bool = typer.Option(False, help="Use the prompt on a base model it was not made for."),
+):
+    """Predict the label and probabilities of a text, or of every example of a file (JSONL out)."""
+    from . import api
+    from .tasks.readers import Example
+
+    if (text is None) == (file is None):
+        _fail("give either a TEXT or --file PATH")
+    if file is not None:
+        preds = _run(api.predict_file, artifact, file, out, format=format, batch_size=batch_size,
+                     allow_model_mismatch=allow_model_mismatch)
+        if out is None:
+            for p in preds:
+                typer.echo(json.dumps({"source": p.source, "text": p.text, "label": p.label,
+                                       "probabilities": p.probabilities}, ensure_ascii=False))
+        else:
+            typer.echo(f"wrote {len(preds)} predictions to {out}")
+        return
+    (pred,) = _run(api.predict, artifact, [Example(text=text, text_b=text_b, source="text")],
+                   batch_size=batch_size, allow_model_mismatch=allow_model_mismatch)
+    probs = "  ".join(f"{label} {p:.3f}" for label, p in sorted(pred.probabilities.items(), key=lambda kv: -kv[1]))
+    typer.echo(f"{pred.label}\t{probs}")
+
+
+@app.command()
+def models():
+    """List the embedded default models and whether they are installed."""
+    from . import api
+
+    for row in api.list_models():
+        typer.echo(f"{row['name']:<14} {row['status']:<36} {row['description']}")
+        if row["status"] == "not installed":
+            typer.echo(f"{'':<14} install: {row['install']}")
+    typer.echo("Any Hugging Face model id (cached) or local model directory works as model.name too.")
+
+
+@app.command()
+def info(
+    artifact: Path = typer.Argument(..., help="A prompt .safetensors file."),
+    model: Optional[str] = typer.Option(None, help="Check that the prompt fits this base model."),
+):
+    """Show what a prompt file holds (method, task, base model, metrics) and check it fits a model."""
+    from . import api
+    from .core import PromptArtifact
+
+    art = _run(PromptArtifact.load, artifact)
+    meta = art.meta
+    size = artifact.stat().st_size
+    typer.echo(f"{artifact}: {size:,} bytes, {art.num_parameters:,} parameters")
+    typer.echo(f"method   {meta.get('method')}  {json.dumps(meta.get('method_config', {}))}")
+    task = meta.get("task", {})
+    typer.echo(f"task     {task.get('kind')}  labels {task.get('labels')}  template {task.get('template')!r}")
+    base = meta.get("base_model", {})
+    typer.echo(f"base     {base.get('name')}  fingerprint {base.get('fingerprint')}  hidden {base.get('hidden_size')}")
+    typer.echo(f"metrics  {json.dumps(meta.get('metrics', {}))}")
+    if model:
+        loaded = _run(api.load_model, model)
+        _run(art.check_fits, loaded)
+        typer.echo(f"fits {loaded.name} (fingerprint {loaded.fingerprint})")
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("runs/demo"), help="Run directory."),
+    steps: int = typer.Option(60, help="Training steps."),
+    model: str = typer.Option("smollm2-135m", help="Base model."),
+):
+    """Train a soft prompt on the bundled sentiment examples, evaluate it, then predict with the file."""
+    from . import api
+    from .configs import read_yaml
+
+    examples = Path(__file__).parent / "examples"
+    config = read_yaml(examples / "demo.yaml")
+    config["data"]["train"] = str(examples / config["data"]["train"])
+    config["data"]["dev"] = str(examples / config["data"]["dev"])
+    config["model"]["name"] = model
+    config["output"] = str(output)
+    config["training"]["steps"] = steps
+    result = _run(api.train, config, log=typer.echo)
+    typer.echo(f"\nartifact: {result.artifact} ({result.artifact.stat().st_size:,} bytes)")
+    for text in ("An absolute delight from start to finish.", "I want those two hours of my life back."):
+        (pred,) = _run(api.predict, result.artifact, [text])
+        typer.echo(f"predict  {text!r} -> {pred.label} ({pred.probabilities[pred.label]:.2f})")
+
+
+def main():
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        app()
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Typed run configuration: dataclasses that validate themselves, read from YAML with overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from .errors import ConfigError
+
+
+def _unknown_key(key: str, allowed: Sequence[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(allowed)}"
+    return ConfigError(f"unknown key {where}{key!r}{hint}")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where + ".")
+    if origin in (list, Sequence, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Mapping):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        _, item = typing.get_args(hint) or (Any, Any)
+        return {str(k): _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            choices = ", ".join(str(e.value) for e in hint)
+            raise ConfigError(f"{where}={value!r} is not one of: {choices}") from None
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where} must be a whole number, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 3e-2 (no dot) as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def from_dict(cls, data: Mapping[str, Any] | None, where: str = ""):
+    """Build dataclass cls from a mapping; unknown keys and wrong types raise ConfigError."""
+    if data is None:
+        data = {}
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown_key(str(key), names, where)
+        kwargs[key] = _coerce(value, hints[key], f"{where}{key}")
+    return cls(**kwargs)
+
+
+def to_dict(obj) -> Any:
+    """A plain JSON/YAML-able view of a (nested) config dataclass."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+@dataclass
+class ModelConfig:
+    """The frozen base model."""
+
+    name: str = "smollm2-135m"  # embedded name, Hugging Face id or local directory
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"model.dtype={self.dtype!r} is not one of: float32, bfloat16, float16")
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how their fields are named."""
+
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    format: str = "auto"  # auto | jsonl | csv | tsv | label-first | glue-tsv
+    text_field: str = "text"
+    text_b_field: str | None = None
+    label_field: str = "label"
+    max_train: int | None = None  # keep the first N training examples
+    max_dev: int | None = None
+    dev_fraction: float = 0.1  # carved from train (seeded, stratified) when no dev file is given
+    k_shot: int | None = None  # k training examples per class (seeded), for few-shot runs
+
+
+class Metric(str, enum.Enum):
+    ACCURACY = "accuracy"
+    MACRO_F1 = "macro_f1"
+
+
+@dataclass
+class TrainingConfig:
+    """The optimisation loop."""
+
+    steps: int = 200  # optimizer steps
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    lr: float = 3e-2  # prompt learning rate
+    head_lr: float = 2e-3  # learning rate of a classification head, if the task has one
+    weight_decay: float = 0.0
+    warmup: float = 0.06  # fraction of steps (< 1) or a number of steps (>= 1)
+    max_grad_norm: float = 1.0
+    eval_every: int = 50  # steps between dev evaluations (the best prompt is kept)
+    patience: int | None = None  # stop after this many evaluations without improvement
+    metric: Metric = Metric.ACCURACY
+    seed: int = 0
+    checkpoint_every: int | None = None  # default: eval_every
+    keep_checkpoints: int = 2
+    padding_side: str = "left"
+    log_every: int = 10
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_batch_size", "eval_every", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"training.{name}={getattr(self, name)!r} must be >= 1")
+        for name in ("lr", "head_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"training.{name}={getattr(self, name)!r} must be > 0")
+        if self.padding_side not in ("left", "right"):
+            raise ConfigError(f"training.padding_side={self.padding_side!r} is not one of: left, right")
+        if self.warmup < 0:
+            raise ConfigError(f"training.warmup={self.warmup!r} must be >= 0")
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.warmup * self.steps) if self.warmup < 1 else int(self.warmup)
+
+
+@dataclass
+class RunConfig:
+    """Everything that makes one trained prompt; saved beside the artifact it made."""
+
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: dict[str, Any] = field(default_factory=lambda: {"kind": "classification"})
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "prompt_tuning"})
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    output: str = "runs/{name}"  # run directory; {name} is replaced
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output.replace("{name}", self.name))
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    """Set dotted keys from 'a.b=value' strings (values parsed as YAML) in a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. training.lr=0.01")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from a file (safe_load), with ConfigError naming the file on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of sections (model, task, method, data, training)")
+    return data
+
+
+def load_run_config(source: str | Path | Mapping | RunConfig, overrides: Sequence[str] = ()) -> RunConfig:
+    """A validated RunConfig from a YAML path, a mapping or a RunConfig, with key=value overrides."""
+    if isinstance(source, RunConfig):
+        if not overrides:
+            return source
+        source = to_dict(source)
+    base_dir = None
+    if isinstance(source, (str, Path)):
+        base_dir = Path(source).parent
+        data = read_yaml(source)
+    else:
+        data = dict(source)
+    data = apply_overrides(_deep_copy(data), overrides)
+    config = from_dict(RunConfig, data)
+    if base_dir is not None:
+        # Data paths in a config file are relative to the file, so a config works from anywhere.
+        for name in ("train", "dev", "test"):
+            value = getattr(config.data, name)
+            if value and not Path(value).is_absolute() and not Path(value).exists() and (base_dir / value).exists():
+                setattr(config.data, name, str(base_dir / value))
+    return config
+
+
+def _deep_copy(data):
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data

@@ -1,0 +1,129 @@
+"""Prompt tuning (Lester et al. 2021): n trainable virtual tokens placed before the input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .base import Injection, register_method
+
+
+class PromptInit(str, Enum):
+    """How the virtual tokens start."""
+
+    RANDOM = "random"  # normal noise at the scale of the embedding matrix
+    VOCAB = "vocab"  # embeddings of tokens sampled from the 5,000 lowest (most frequent) ids
+    TEXT = "text"  # embeddings of init_text's tokens, repeated to length
+    LABELS = "labels"  # embeddings of the class-label words, then sampled vocabulary (Lester et al.)
+
+
+@dataclass
+class PromptTuningConfig:
+    """Prompt tuning settings."""
+
+    num_virtual_tokens: int = 20  # trainable tokens before the input
+    init: PromptInit = PromptInit.LABELS  # random | vocab | text | labels
+    init_text: str | None = None  # required by init='text'
+    seed: int = 0  # for random and vocab initialisation
+
+    def __post_init__(self):
+        try:
+            self.init = PromptInit(self.init)
+        except ValueError:
+            choices = ", ".join(i.value for i in PromptInit)
+            raise ConfigError(f"method.init={self.init!r} is not one of: {choices}") from None
+        if not isinstance(self.num_virtual_tokens, int) or not 1 <= self.num_virtual_tokens <= 4096:
+            raise ConfigError(f"method.num_virtual_tokens={self.num_virtual_tokens!r} must be a whole number 1..4096")
+        if self.init is PromptInit.TEXT and not (self.init_text and self.init_text.strip()):
+            raise ConfigError("method.init='text' needs method.init_text (or use init='labels' or 'vocab')")
+
+
+def _token_embeddings(base, token_ids: Sequence[int]) -> torch.Tensor:
+    ids = torch.tensor(list(token_ids), dtype=torch.long, device=base.device)
+    with torch.no_grad():
+        return base.input_embeddings()(ids).detach().to("cpu", torch.float32)
+
+
+def _vocab_sample(base, n: int, generator: torch.Generator) -> torch.Tensor:
+    vocab = base.info.vocab_size
+    special = set(getattr(base.tokenizer, "all_special_ids", []) or [])
+    low = min(vocab, 5000)
+    candidates = torch.tensor([i for i in range(low) if i not in special] or list(range(low)))
+    picks = candidates[torch.randint(len(candidates), (n,), generator=generator)]
+    return _token_embeddings(base, picks.tolist())
+
+
+def _repeat_to(rows: torch.Tensor, n: int) -> torch.Tensor:
+    reps = -(-n // rows.shape[0])
+    return rows.repeat(reps, 1)[:n]
+
+
+@register_method
+class PromptTuning(nn.Module):
+    """A (num_virtual_tokens, hidden) float32 parameter written into the input sequence."""
+
+    name: ClassVar[str] = "prompt_tuning"
+    Config: ClassVar[type] = PromptTuningConfig
+    injections: ClassVar[frozenset] = frozenset({Injection.INPUT})
+
+    def __init__(self, config: PromptTuningConfig, hidden_size: int, initial: torch.Tensor | None = None):
+        super().__init__()
+        self.config = config
+        if initial is None:
+            initial = torch.zeros(config.num_virtual_tokens, hidden_size)
+        if tuple(initial.shape) != (config.num_virtual_tokens, hidden_size):
+            raise ConfigError(
+                f"initial prompt has shape {tuple(initial.shape)}, expected ({config.num_virtual_tokens}, {hidden_size})"
+            )
+        # Float32 whatever the base dtype: bf16 updates of size lr*grad vanish against the weights.
+        self.embedding = nn.Parameter(initial.detach().to(torch.float32).clone())
+
+    @classmethod
+    def initialise(cls, config: PromptTuningConfig, base, label_words: Sequence[str] = ()):
+        """A new prompt for base, initialised as config.init says."""
+        n, generator = config.num_virtual_tokens, torch.Generator().manual_seed(config.seed)
+        init = config.init
+        if init is PromptInit.RANDOM:
+            scale = base.input_embeddings().weight.detach().float().std().item()
+            initial = torch.randn(n, base.info.hidden_size, generator=generator) * scale
+        elif init is PromptInit.VOCAB:
+            initial = _vocab_sample(base, n, generator)
+        elif init is PromptInit.TEXT:
+            text = config.init_text
+            if not text:
+                raise ConfigError("method.init='text' needs method.init_text (or use init='labels' / 'vocab')")
+            ids = base.tokenizer(text, add_special_tokens=False).input_ids
+            if not ids:
+                raise ConfigError(f"method.init_text={text!r} has no tokens")
+            initial = _repeat_to(_token_embeddings(base, ids), n)
+        else:
+            if not label_words:
+                raise ConfigError("method.init='labels' needs a task with label words (a verbalizer or label names)")
+            rows = []
+            for word in label_words:
+                ids = base.tokenizer(" " + word.strip(), add_special_tokens=False).input_ids
+                rows.append(_token_embeddings(base, ids).mean(0))
+            labels = torch.stack(rows)[:n]
+            fill = _vocab_sample(base, n - labels.shape[0], generator) if n > labels.shape[0] else labels[:0]
+            initial = torch.cat([labels, fill])
+        return cls(config, base.info.hidden_size, initial)
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.config.num_virtual_tokens
+
+    def input_prompt(self) -> torch.Tensor:
+        return self.embedding
+
+    def export(self) -> dict[str, torch.Tensor]:
+        return {"input": self.embedding.detach().to("cpu", torch.float32).contiguous()}
+
+    @classmethod
+    def from_export(cls, config: PromptTuningConfig, tensors: dict[str, torch.Tensor]):
+        initial = tensors["input"]
+        return cls(config, initial.shape[1], initial)

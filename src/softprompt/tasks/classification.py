@@ -1,0 +1,294 @@
+"""Classification of single texts and text pairs: by verbalizer (causal LM, encoder-decoder) or head.
+
+A verbalizer maps each label to one or more words; a label's score is the log-probability the
+model gives its words where the answer slot is (several tokens per word handled). An encoder gets a
+linear head on a pooled state instead (the head is trained with the prompt; the base stays frozen).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..core import PromptBatch, PromptedModel
+from ..errors import ConfigError, DataError
+from ..models import ModelKind
+from ..templates import TemplateRenderer, parse_template
+
+
+class HeadKind(str, Enum):
+    """How class scores are read from the model."""
+
+    AUTO = "auto"  # verbalizer for causal LMs and encoder-decoders, linear head for encoders
+    VERBALIZER = "verbalizer"
+    LINEAR = "linear"
+
+
+class Pooling(str, Enum):
+    AUTO = "auto"  # first token ([CLS]) for encoders, last token for causal LMs
+    FIRST = "first"
+    LAST = "last"
+    MEAN = "mean"
+
+
+DEFAULT_TEMPLATES = {
+    (ModelKind.CAUSAL, False): "{text}\nAnswer: {mask}",
+    (ModelKind.CAUSAL, True): "{text}\nQuestion: {text_b}\nAnswer: {mask}",
+    (ModelKind.SEQ2SEQ, False): "{text}",
+    (ModelKind.SEQ2SEQ, True): "{text} {sep} {text_b}",
+    (ModelKind.ENCODER, False): "{text}",
+    (ModelKind.ENCODER, True): "{text} {sep} {text_b}",
+}
+
+
+@dataclass
+class ClassificationConfig:
+    """A classification task: template, labels and how they are scored."""
+
+    template: str | None = None  # default depends on the model kind and on whether pairs are used
+    labels: list[str] | None = None  # label set and order; default: verbalizer keys, else from training data
+    verbalizer: dict[str, str | list[str]] | None = None  # label -> word(s); default: the label names
+    head: HeadKind = HeadKind.AUTO
+    pooling: Pooling = Pooling.AUTO  # for a linear head
+    word_score: str = "sum"  # sum | mean: log-probabilities over a word's tokens
+    max_length: int = 256  # tokens per row, prompt included; longer inputs are shortened
+    pair: bool = False  # whether examples have a second text (text_b)
+
+    def __post_init__(self):
+        for name, enum in (("head", HeadKind), ("pooling", Pooling)):
+            try:
+                setattr(self, name, enum(getattr(self, name)))
+            except ValueError:
+                choices = ", ".join(e.value for e in enum)
+                raise ConfigError(f"task.{name}={getattr(self, name)!r} is not one of: {choices}") from None
+        if self.word_score not in ("sum", "mean"):
+            raise ConfigError(f"task.word_score={self.word_score!r} is not one of: sum, mean")
+        if self.verbalizer is not None:
+            if not isinstance(self.verbalizer, dict) or not self.verbalizer:
+                raise ConfigError("task.verbalizer must map each label to a word or a list of words")
+            self.verbalizer = {
+                str(k): [v] if isinstance(v, str) else [str(w) for w in v] for k, v in self.verbalizer.items()
+            }
+            for label, words in self.verbalizer.items():
+                if not words or any(not w.strip() for w in words):
+                    raise ConfigError(f"task.verbalizer[{label!r}] has an empty word")
+        if self.labels is not None:
+            self.labels = [str(label) for label in self.labels]
+            if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
+                raise ConfigError(f"task.labels={self.labels!r} must name at least two distinct labels")
+        if not isinstance(self.max_length, int) or self.max_length < 8:
+            raise ConfigError(f"task.max_length={self.max_length!r} must be a whole number >= 8")
+
+
+@dataclass
+class Item:
+    """One example prepared for the model: its rows and how to read each label's score from them."""
+
+    rows: list[tuple[int, ...]]
+    label: int | None
+    # per label: per word: list of (row number in this item, token id, tokens from the row's end)
+    targets: list[list[list[tuple[int, int, int]]]] = field(default_factory=list)
+
+
+class ClassificationTask(nn.Module):
+    """Turns examples into rows and hidden states into class logits."""
+
+    kind = "classification"
+
+    def __init__(self, config: ClassificationConfig, base, labels: Sequence[str], n_prefix: int = 0):
+        super().__init__()
+        self.config = config
+        self.info = base.info
+        self.tokenizer = base.tokenizer
+        self.labels = list(labels)
+        if len(self.labels) < 2:
+            raise ConfigError(f"a classification task needs at least two labels, got {self.labels}")
+        self.label_index = {label: i for i, label in enumerate(self.labels)}
+        self.n_prefix = n_prefix
+        head = config.head
+        if head is HeadKind.AUTO:
+            head = HeadKind.LINEAR if base.info.kind is ModelKind.ENCODER else HeadKind.VERBALIZER
+        if head is HeadKind.VERBALIZER and base.info.kind is ModelKind.ENCODER:
+            raise ConfigError(
+                "task.head='verbalizer' on an encoder needs a masked-LM head, which this release does not load; "
+                "use head='linear'"
+            )
+        self.head_kind = head
+        template = config.template or DEFAULT_TEMPLATES[(base.info.kind, config.pair)]
+        self.template = parse_template(template)
+        if head is HeadKind.VERBALIZER and base.info.kind is ModelKind.CAUSAL and not self.template.has_mask:
+            raise ConfigError(f"template {template!r} needs an answer slot {{mask}} for a verbalizer on a causal LM")
+        self.renderer = TemplateRenderer(self.template, self.tokenizer, base.info.kind, config.max_length)
+        self.verbalizer = config.verbalizer or {label: [label] for label in self.labels}
+        unknown = [label for label in self.labels if label not in self.verbalizer]
+        if head is HeadKind.VERBALIZER and unknown:
+            raise ConfigError(f"task.verbalizer has no words for label(s) {unknown}")
+        if head is HeadKind.LINEAR:
+            self.head = nn.Linear(base.info.hidden_size, len(self.labels))
+            self.dropout = nn.Dropout(0.1)
+            self.word_tokens: list[list[list[int]]] = []
+        else:
+            self.head = None
+            self.word_tokens = [[self._word_ids(w) for w in self.verbalizer[label]] for label in self.labels]
+
+    # ---- examples to rows -------------------------------------------------------------------
+    def _word_ids(self, word: str) -> list[int]:
+        # Whitespace before {mask} in the template belongs to the label word: " positive" is one
+        # token where "positive" after a stripped space may be two.
+        probe = self.renderer.render({name: "x" for name in self.template.fields}, 0)
+        text = (" " + word.strip()) if probe.answer_space else word
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if not ids:
+            raise ConfigError(f"label word {word!r} has no tokens")
+        return ids
+
+    @property
+    def label_words(self) -> list[str]:
+        """The first word of each label, in label order (for prompt initialisation)."""
+        return [self.verbalizer.get(label, [label])[0] for label in self.labels]
+
+    def prepare(self, example, where: str = "") -> Item:
+        """Rows and score positions for one example (label index None when unlabelled)."""
+        values = dict(example.fields) if getattr(example, "fields", None) else {}
+        values.setdefault("text", example.text)
+        if example.text_b is not None:
+            values.setdefault("text_b", example.text_b)
+        label = None
+        if example.label is not None:
+            if example.label not in self.label_index:
+                known = ", ".join(self.labels)
+                raise DataError(f"{where or example.source}: unknown label {example.label!r} (labels: {known})")
+            label = self.label_index[example.label]
+        where = where or example.source
+        if self.head_kind is HeadKind.LINEAR or self.info.kind is ModelKind.SEQ2SEQ:
+            row = self.renderer.render(values, self.n_prefix, where=where)
+            targets = [[[(0, t, j) for j, t in enumerate(ids)] for ids in words] for words in self.word_tokens]
+            return Item([row.ids], label, targets)
+        longest = max(len(ids) for words in self.word_tokens for ids in words)
+        prefix = self.renderer.render(values, self.n_prefix, reserve=longest - 1, where=where).ids
+        rows: list[tuple[int, ...]] = []
+        targets = []
+        for words in self.word_tokens:
+            per_word = []
+            for ids in words:
+                row = prefix + tuple(ids[:-1])
+                if row not in rows:
+                    rows.append(row)
+                r = rows.index(row)
+                # token j is predicted by the hidden state at len(prefix) - 1 + j
+                per_word.append([(r, t, len(row) - len(prefix) - j) for j, t in enumerate(ids)])
+            targets.append(per_word)
+        return Item(rows, label, targets)
+
+    # ---- hidden states to class logits -------------------------------------------------------
+    def class_logits(self, pm: PromptedModel, hidden: torch.Tensor, batch: PromptBatch, items: Sequence[Item],
+                     row_index: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(len(items), n_labels) scores; row_index[i] lists the batch rows of items[i]."""
+        if self.head_kind is HeadKind.LINEAR:
+            return self._head_logits(hidden, batch, [rows[0] for rows in row_index])
+        if self.info.kind is ModelKind.SEQ2SEQ:
+            return self._decoder_logits(pm, hidden, batch, items, [rows[0] for rows in row_index])
+        return self._causal_logits(pm, hidden, batch, items, row_index)
+
+    def _head_logits(self, hidden, batch, rows):
+        rows_t = torch.tensor(rows, device=hidden.device)
+        pooling = self.config.pooling
+        if pooling is Pooling.AUTO:
+            pooling = Pooling.FIRST if self.info.kind is ModelKind.ENCODER else Pooling.LAST
+        if pooling is Pooling.MEAN:
+            mask = batch.attention_mask[rows_t].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden[rows_t] * mask).sum(1) / mask.sum(1)
+        else:
+            index = batch.first_index if pooling is Pooling.FIRST else batch.last_index
+            pooled = hidden[rows_t, index[rows_t]]
+        return self.head(self.dropout(pooled.float()))
+
+    def _aggregate(self, token_logp: torch.Tensor, items: Sequence[Item], spans) -> torch.Tensor:
+        """Label scores from per-token log-probs: sum (or mean) per word, mean probability over words."""
+        scores = torch.empty(len(items), len(self.labels), device=token_logp.device)
+        for i, item in enumerate(items):
+            for c, words in enumerate(item.targets):
+                word_scores = []
+                for w in range(len(words)):
+                    lo, hi = spans[i][c][w]
+                    s = token_logp[lo:hi].sum()
+                    word_scores.append(s / (hi - lo) if self.config.word_score == "mean" else s)
+                stacked = torch.stack(word_scores)
+                scores[i, c] = torch.logsumexp(stacked, 0) - math.log(len(word_scores))
+        return scores
+
+    def _causal_logits(self, pm, hidden, batch, items, row_index):
+        positions: list[tuple[int, int]] = []
+        tokens: list[int] = []
+        spans = []
+        for item, rows in zip(items, row_index):
+            per_label = []
+            for words in item.targets:
+                per_word = []
+                for word in words:
+                    lo = len(tokens)
+                    for r, token, back in word:
+                        batch_row = rows[r]
+                        positions.append((batch_row, int(batch.last_index[batch_row]) - back))
+                        tokens.append(token)
+                    per_word.append((lo, len(tokens)))
+                per_label.append(per_word)
+            spans.append(per_label)
+        unique = sorted(set(positions))
+        where = {p: k for k, p in enumerate(unique)}
+        index = torch.tensor(unique, device=hidden.device)
+        logp = torch.log_softmax(pm.lm_logits(hidden[index[:, 0], index[:, 1]]).float(), dim=-1)
+        picks = torch.tensor([where[p] for p in positions], device=hidden.device)
+        token_logp = logp[picks, torch.tensor(tokens, device=hidden.device)]
+        if all(len(ids) == 1 for words in self.word_tokens for ids in words):
+            # Fast path: one token per word, vectorised.
+            return self._aggregate_single(token_logp, len(items))
+        return self._aggregate(token_logp, items, spans)
+
+    def _aggregate_single(self, token_logp, n_items):
+        counts = [len(words) for words in self.word_tokens]
+        per_item = token_logp.view(n_items, sum(counts))
+        chunks = torch.split(per_item, counts, dim=1)
+        return torch.stack([torch.logsumexp(c, 1) - math.log(c.shape[1]) for c in chunks], 1)
+
+    def _decoder_logits(self, pm, hidden, batch, items, rows):
+        start = pm.decoder_start_id()
+        sequences, owners, spans, tokens = [], [], [], []
+        for i, (item, row) in enumerate(zip(items, rows)):
+            per_label = []
+            for words in self.word_tokens:
+                per_word = []
+                for ids in words:
+                    sequences.append([start] + ids[:-1])
+                    owners.append(row)
+                    lo = len(tokens)
+                    tokens.extend((len(sequences) - 1, j, t) for j, t in enumerate(ids))
+                    per_word.append((lo, len(tokens)))
+                per_label.append(per_word)
+            spans.append(per_label)
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id or 0
+        dec = torch.full((len(sequences), width), pad, dtype=torch.long, device=hidden.device)
+        for k, s in enumerate(sequences):
+            dec[k, : len(s)] = torch.tensor(s)
+        owner = torch.tensor(owners, device=hidden.device)
+        logits = pm.decoder_logits(hidden[owner], batch.attention_mask[owner], dec)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        seq_i, pos_i, tok_i = (torch.tensor(col, device=hidden.device) for col in zip(*tokens))
+        token_logp = logp[seq_i, pos_i, tok_i]
+        return self._aggregate(token_logp, items, spans)
+
+    # ---- state that travels in an artifact ----------------------------------------------------
+    def export(self) -> dict[str, torch.Tensor]:
+        if self.head is None:
+            return {}
+        return {f"head.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in self.head.state_dict().items()}
+
+    def load_export(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        if self.head is not None:
+            self.head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})

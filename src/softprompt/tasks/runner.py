@@ -1,0 +1,96 @@
+"""Run items of one or many tasks through one frozen model in shared batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..core import PromptedModel
+
+
+class TaskPrompt(nn.Module):
+    """One task's trainable parts on a base model: its prompt method module and its task (head)."""
+
+    def __init__(self, key: str, method: nn.Module, task: nn.Module):
+        super().__init__()
+        self.key = key
+        self.method = method
+        self.task = task
+
+    def input_prompts(self) -> dict[str, torch.Tensor]:
+        if self.method is None or self.method.num_virtual_tokens == 0:
+            return {}
+        return {self.key: self.method.input_prompt()}
+
+
+@dataclass
+class Prepared:
+    """An item of a given task, ready to batch."""
+
+    key: str
+    item: object
+
+
+def class_logits(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared: Sequence[Prepared],
+                 padding_side: str = "left") -> list[torch.Tensor]:
+    """Per-item class logits for items that may belong to different tasks, in one encoder pass."""
+    rows, keys, owners = [], [], []
+    for p in prepared:
+        start = len(rows)
+        rows.extend(p.item.rows)
+        keys.extend([p.key if units[p.key].method is not None else None] * len(p.item.rows))
+        owners.append(list(range(start, len(rows))))
+    prompts: dict[str, torch.Tensor] = {}
+    for key in dict.fromkeys(p.key for p in prepared):
+        prompts.update(units[key].input_prompts())
+    keys = [k if k in prompts else None for k in keys]
+    batch = pm.collate(rows, keys, padding_side=padding_side)
+    hidden = pm.encode(batch, prompts)
+    out: list[torch.Tensor | None] = [None] * len(prepared)
+    for key in dict.fromkeys(p.key for p in prepared):
+        idx = [i for i, p in enumerate(prepared) if p.key == key]
+        logits = units[key].task.class_logits(
+            pm, hidden, batch, [prepared[i].item for i in idx], [owners[i] for i in idx]
+        )
+        for j, i in enumerate(idx):
+            out[i] = logits[j]
+    return out
+
+
+def export_unit(unit: TaskPrompt) -> dict[str, torch.Tensor]:
+    """The final tensors of a task prompt: 'prompt.*' from the method, 'head.*' from the task."""
+    tensors = {f"prompt.{k}": v for k, v in unit.method.export().items()} if unit.method is not None else {}
+    tensors.update(unit.task.export())
+    return tensors
+
+
+def load_unit_export(unit: TaskPrompt, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Copy exported tensors back into a live task prompt (e.g. the best one seen in training)."""
+    with torch.no_grad():
+        if unit.method is not None:
+            for name, value in unit.method.export().items():
+                source = tensors[f"prompt.{name}"]
+                target = dict(unit.method.named_parameters())
+                param = target.get("embedding") if name == "input" else target.get(name)
+                if param is not None:
+                    param.copy_(source.to(param.device, param.dtype))
+        unit.task.load_export({k: v.to(next(unit.task.parameters(), torch.empty(0)).device) for k, v in tensors.items()})
+
+
+@torch.no_grad()
+def predict_logits(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared: Sequence[Prepared],
+                   batch_size: int = 32, padding_side: str = "left", progress=None) -> list[torch.Tensor]:
+    """Class logits for many items, batched by length (padding only to each batch's longest row)."""
+    order = sorted(range(len(prepared)), key=lambda i: max(len(r) for r in prepared[i].item.rows))
+    out: list[torch.Tensor | None] = [None] * len(prepared)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        logits = class_logits(pm, units, [prepared[i] for i in chunk], padding_side)
+        for i, value in zip(chunk, logits):
+            out[i] = value.float().cpu()
+        if progress is not None:
+            progress(len(chunk))
+    return out

@@ -1,0 +1,225 @@
+"""The training loop: AdamW, warmup, clipping, periodic evaluation keeping the best prompt, early
+stopping, exact resume from checkpoints, TensorBoard logs and a PNG of the curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from ..configs import TrainingConfig
+from ..core import PromptArtifact, PromptedModel
+from ..tasks.runner import Prepared, TaskPrompt, class_logits, export_unit, load_unit_export
+from .state import checkpoint_dir, latest_checkpoint, load_training_state, prune_checkpoints, save_training_state
+
+
+@dataclass
+class FitResult:
+    """What a training run produced."""
+
+    best_tensors: dict[str, torch.Tensor]
+    best_metric: float | None
+    best_step: int
+    steps_done: int
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    samples_per_second: float = 0.0
+    stopped_early: bool = False
+
+
+def batch_order(n_items: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """The item indices of a step's batch: a seeded permutation per epoch, a function of step alone
+    (so a resumed run sees exactly the batches the uninterrupted run would have)."""
+    per_epoch = max(1, n_items // batch_size) if n_items >= batch_size else 1
+    epoch, index = divmod(step, per_epoch)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n_items, generator=generator).tolist()
+    if n_items < batch_size:
+        return perm
+    return perm[index * batch_size : (index + 1) * batch_size]
+
+
+def _optimizer(unit: TaskPrompt, config: TrainingConfig) -> torch.optim.Optimizer:
+    prompt_params = [p for p in unit.method.parameters() if p.requires_grad] if unit.method is not None else []
+    head_params = [p for p in unit.task.parameters() if p.requires_grad]
+    groups = []
+    if prompt_params:
+        groups.append({"params": prompt_params, "lr": config.lr, "weight_decay": config.weight_decay})
+    if head_params:
+        groups.append({"params": head_params, "lr": config.head_lr, "weight_decay": config.weight_decay})
+    if not groups:
+        raise ValueError("nothing to train: the prompt and the task have no trainable parameters")
+    return torch.optim.AdamW(groups)
+
+
+def _plot(history: list[dict], path: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h[metric]) for h in history if metric in h]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if losses:
+        ax.plot(*zip(*losses), color="tab:blue", label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss", color="tab:blue")
+    if evals:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*evals), color="tab:orange", marker="o", label=f"dev {metric}")
+        ax2.set_ylabel(f"dev {metric}", color="tab:orange")
+    ax.set_title(path.parent.name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fit(
+    pm: PromptedModel,
+    unit: TaskPrompt,
+    train_items: Sequence[Prepared],
+    config: TrainingConfig,
+    run_dir: Path,
+    *,
+    evaluate: Callable[[], dict] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Train unit's prompt (and head) on train_items; evaluate() returns dev metrics for keeping the best."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    unit.to(pm.base.device)
+    optimizer = _optimizer(unit, config)
+    scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+    metric = config.metric.value
+    history: list[dict] = []
+    best = {"metric": None, "step": 0, "bad_evals": 0}
+    best_path = run_dir / "best.safetensors"
+    step = 0
+    if resume:
+        found = latest_checkpoint(run_dir)
+        if found is not None:
+            step, extra = load_training_state(found, modules={"unit": unit}, optimizer=optimizer, scheduler=scheduler)
+            history, best = extra["history"], extra["best"]
+    if step == 0:
+        torch.manual_seed(config.seed)  # dropout; a resumed run restores the RNG state instead
+    checkpoint_every = config.checkpoint_every or config.eval_every
+    best_tensors = PromptArtifact.load(best_path).tensors if (resume and best_path.exists()) else export_unit(unit)
+    writer = _tensorboard(run_dir)
+    labels = torch.tensor([p.item.label for p in train_items])
+    started = time.perf_counter()
+    seen = 0
+    stopped_early = False
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
+    running = []
+    unit.train()
+    try:
+        while step < config.steps:
+            idx = batch_order(len(train_items), config.batch_size, step, config.seed)
+            logits = torch.stack(class_logits(pm, {unit.key: unit}, [train_items[i] for i in idx], config.padding_side))
+            target = labels[idx].to(logits.device)
+            loss = torch.nn.functional.cross_entropy(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            seen += len(idx)
+            running.append(loss.item())
+            if not math.isfinite(running[-1]):
+                raise FloatingPointError(f"loss became {running[-1]} at step {step}; lower training.lr")
+            elapsed = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(running[-20:]) / len(running[-20:]):.4f}", samples_s=f"{seen / elapsed:.1f}")
+            if step % config.log_every == 0 or step == config.steps:
+                mean_loss = sum(running) / len(running)
+                history.append({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0]})
+                if writer:
+                    writer.add_scalar("train/loss", mean_loss, step)
+                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                running = []
+            if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
+                unit.eval()
+                scores = evaluate()
+                unit.train()
+                history.append({"step": step, **{k: v for k, v in scores.items() if isinstance(v, (int, float))}})
+                if writer:
+                    for k, v in scores.items():
+                        if isinstance(v, (int, float)):
+                            writer.add_scalar(f"dev/{k}", v, step)
+                value = scores[metric]
+                if best["metric"] is None or value > best["metric"]:
+                    best.update(metric=value, step=step, bad_evals=0)
+                    best_tensors = export_unit(unit)
+                    PromptArtifact(best_tensors, {"method": "checkpoint-best", "step": step}).save(best_path)
+                else:
+                    best["bad_evals"] += 1
+                bar.write(f"step {step}: dev {metric} {value:.4f} (best {best['metric']:.4f} at step {best['step']})")
+                if config.patience is not None and best["bad_evals"] >= config.patience:
+                    stopped_early = True
+            if step % checkpoint_every == 0 or step == config.steps or stopped_early:
+                _checkpoint(run_dir, unit, optimizer, scheduler, step, history, best, config.keep_checkpoints)
+            if on_step is not None:
+                on_step(step)
+            if stopped_early:
+                bar.write(f"early stop: no improvement in {config.patience} evaluations")
+                break
+    except KeyboardInterrupt:
+        # The state after the last finished step is consistent: keep it so `--resume` continues.
+        _checkpoint(run_dir, unit, optimizer, scheduler, step, history, best, config.keep_checkpoints)
+        bar.close()
+        raise
+    finally:
+        bar.close()
+        if writer:
+            writer.close()
+    elapsed = time.perf_counter() - started
+    if evaluate is None:
+        best_tensors = export_unit(unit)
+    load_unit_export(unit, best_tensors)
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    try:
+        _plot(history, run_dir / "training.png", metric)
+    except Exception as exc:  # a plot must never lose a trained prompt
+        print(f"warning: could not draw training.png ({exc})")
+    return FitResult(
+        best_tensors=best_tensors,
+        best_metric=best["metric"],
+        best_step=best["step"] if evaluate is not None else step,
+        steps_done=step,
+        history=history,
+        train_seconds=elapsed,
+        samples_per_second=seen / elapsed if elapsed > 0 else 0.0,
+        stopped_early=stopped_early,
+    )
+
+
+def _checkpoint(run_dir, unit, optimizer, scheduler, step, history, best, keep):
+    save_training_state(
+        checkpoint_dir(run_dir, step),
+        modules={"unit": unit},
+        optimizer=optimizer,
+        scheduler=scheduler,
+        step=step,
+        extra={"history": history, "best": best},
+    )
+    prune_checkpoints(run_dir, keep)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional at run time; logs go to history.json regardless
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
