@@ -144,6 +144,7 @@ def train(
     base = base or load_model(config.model)
     method_cls, m_config = method_config(config.method)
     labels = _labels_of(config.task, train_examples)
+    torch.manual_seed(config.training.seed)  # the head's initial weights are part of the run's seed
     task = build_task(config.task, base, labels, getattr(m_config, "num_virtual_tokens", 0))
     method = method_cls.initialise(m_config, base, label_words=task.label_words)
     unit = TaskPrompt("task", method, task)

@@ -121,7 +121,7 @@ class PromptTuning(nn.Module):
         return self.embedding
 
     def export(self) -> dict[str, torch.Tensor]:
-        return {"input": self.embedding.detach().to("cpu", torch.float32).contiguous()}
+        return {"input": self.embedding.detach().to("cpu", torch.float32).clone()}
 
     @classmethod
     def from_export(cls, config: PromptTuningConfig, tensors: dict[str, torch.Tensor]):

@@ -287,7 +287,7 @@ class ClassificationTask(nn.Module):
     def export(self) -> dict[str, torch.Tensor]:
         if self.head is None:
             return {}
-        return {f"head.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in self.head.state_dict().items()}
+        return {f"head.{k}": v.detach().to("cpu", torch.float32).clone() for k, v in self.head.state_dict().items()}
 
     def load_export(self, tensors: Mapping[str, torch.Tensor]) -> None:
         if self.head is not None:

@@ -20,10 +20,11 @@ class TaskPrompt(nn.Module):
         self.method = method
         self.task = task
 
-    def input_prompts(self) -> dict[str, torch.Tensor]:
+    def input_prompts(self, key: str | None = None) -> dict[str, torch.Tensor]:
+        """This task's input prompt under key (default: its own key); empty when it has none."""
         if self.method is None or self.method.num_virtual_tokens == 0:
             return {}
-        return {self.key: self.method.input_prompt()}
+        return {key or self.key: self.method.input_prompt()}
 
 
 @dataclass
@@ -45,7 +46,7 @@ def class_logits(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared: S
         owners.append(list(range(start, len(rows))))
     prompts: dict[str, torch.Tensor] = {}
     for key in dict.fromkeys(p.key for p in prepared):
-        prompts.update(units[key].input_prompts())
+        prompts.update(units[key].input_prompts(key))
     keys = [k if k in prompts else None for k in keys]
     batch = pm.collate(rows, keys, padding_side=padding_side)
     hidden = pm.encode(batch, prompts)

@@ -105,11 +105,13 @@ def fit(
     best = {"metric": None, "step": 0, "bad_evals": 0}
     best_path = run_dir / "best.safetensors"
     step = 0
+    running: list[float] = []  # losses since the last log line
     if resume:
         found = latest_checkpoint(run_dir)
         if found is not None:
             step, extra = load_training_state(found, modules={"unit": unit}, optimizer=optimizer, scheduler=scheduler)
             history, best = extra["history"], extra["best"]
+            running = list(extra.get("running", []))
     if step == 0:
         torch.manual_seed(config.seed)  # dropout; a resumed run restores the RNG state instead
     checkpoint_every = config.checkpoint_every or config.eval_every
@@ -120,7 +122,6 @@ def fit(
     seen = 0
     stopped_early = False
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
-    running = []
     unit.train()
     try:
         while step < config.steps:
@@ -169,7 +170,7 @@ def fit(
                 if config.patience is not None and best["bad_evals"] >= config.patience:
                     stopped_early = True
             if step % checkpoint_every == 0 or step == config.steps or stopped_early:
-                _checkpoint(run_dir, unit, optimizer, scheduler, step, history, best, config.keep_checkpoints)
+                _checkpoint(run_dir, unit, optimizer, scheduler, step, history, best, running, config.keep_checkpoints)
             if on_step is not None:
                 on_step(step)
             if stopped_early:
@@ -177,7 +178,7 @@ def fit(
                 break
     except KeyboardInterrupt:
         # The state after the last finished step is consistent: keep it so `--resume` continues.
-        _checkpoint(run_dir, unit, optimizer, scheduler, step, history, best, config.keep_checkpoints)
+        _checkpoint(run_dir, unit, optimizer, scheduler, step, history, best, running, config.keep_checkpoints)
         bar.close()
         raise
     finally:
@@ -205,14 +206,14 @@ def fit(
     )
 
 
-def _checkpoint(run_dir, unit, optimizer, scheduler, step, history, best, keep):
+def _checkpoint(run_dir, unit, optimizer, scheduler, step, history, best, running, keep):
     save_training_state(
         checkpoint_dir(run_dir, step),
         modules={"unit": unit},
         optimizer=optimizer,
         scheduler=scheduler,
         step=step,
-        extra={"history": history, "best": best},
+        extra={"history": history, "best": best, "running": running},
     )
     prune_checkpoints(run_dir, keep)
 

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+import torch
+
+from softprompt import api
+from softprompt.core import PromptArtifact
+from helpers import run_config
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert"])
+def test_interrupted_run_resumes_to_the_same_final_prompt(tmp_path, family):
+    config = run_config(tmp_path, family, checkpoint_every=3, eval_every=4)
+    full = api.train(config, ["output=" + str(tmp_path / "full")], progress=False, log=lambda s: None)
+
+    def stop(step):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    cut = ["output=" + str(tmp_path / "cut")]
+    with pytest.raises(KeyboardInterrupt):
+        api.train(config, cut, progress=False, on_step=stop, log=lambda s: None)
+    assert (tmp_path / "cut" / "checkpoints").exists()
+    resumed = api.train(config, cut, resume=True, progress=False, log=lambda s: None)
+    a = PromptArtifact.load(full.artifact).tensors
+    b = PromptArtifact.load(resumed.artifact).tensors
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed.history == full.history
+    assert resumed.best_step == full.best_step
+
+
+def test_training_learns_and_writes_its_outputs(tmp_path):
+    result = api.train(run_config(tmp_path, steps=30, eval_every=10, lr=0.3), progress=False, log=lambda s: None)
+    run = result.run_dir
+    for name in ("prompt.safetensors", "config.yaml", "metrics.json", "history.json", "training.png"):
+        assert (run / name).exists(), name
+    assert any((run / "tensorboard").iterdir())
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert losses[-1] < losses[0]
+    meta = PromptArtifact.load(result.artifact).meta
+    assert meta["method"] == "prompt_tuning" and meta["task"]["labels"] == ["positive", "negative"]
+    assert meta["metrics"]["dev"]["accuracy"] == json.loads((run / "metrics.json").read_text())["dev"]["accuracy"]
+    # the artifact holds the best dev prompt, which is at least as good as the last one
+    assert meta["metrics"]["dev"]["accuracy"] == max(h["accuracy"] for h in result.history if "accuracy" in h)
+
+
+def test_early_stopping_stops(tmp_path):
+    result = api.train(run_config(tmp_path, steps=200, eval_every=2, patience=2, lr=1e-6), progress=False,
+                       log=lambda s: None)
+    assert result.steps < 200
+
+
+def test_encoder_head_is_trained_and_saved(tmp_path):
+    result = api.train(run_config(tmp_path, "bert", steps=6), progress=False, log=lambda s: None)
+    tensors = PromptArtifact.load(result.artifact).tensors
+    assert set(tensors) == {"prompt.input", "head.weight", "head.bias"}
+    assert tensors["head.weight"].shape == (2, 32)
