@@ -166,10 +166,13 @@ class TrainingConfig:
     checkpoint_every: int | None = None  # default: eval_every
     keep_checkpoints: int = 2
     padding_side: str = "left"
+    group_by_length: bool = True  # batch rows of similar length together (less padding)
+    micro_batch_tokens: int = 768  # padded tokens per forward pass; larger batches accumulate gradients
     log_every: int = 10
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_batch_size", "eval_every", "log_every", "keep_checkpoints"):
+        for name in ("steps", "batch_size", "eval_batch_size", "eval_every", "log_every", "keep_checkpoints",
+                     "micro_batch_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"training.{name}={getattr(self, name)!r} must be >= 1")
         for name in ("lr", "head_lr"):

@@ -34,16 +34,44 @@ class FitResult:
     stopped_early: bool = False
 
 
-def batch_order(n_items: int, batch_size: int, step: int, seed: int) -> list[int]:
-    """The item indices of a step's batch: a seeded permutation per epoch, a function of step alone
-    (so a resumed run sees exactly the batches the uninterrupted run would have)."""
-    per_epoch = max(1, n_items // batch_size) if n_items >= batch_size else 1
+def batch_order(n_items: int, batch_size: int, step: int, seed: int, lengths: Sequence[int] | None = None,
+                group: int = 50) -> list[int]:
+    """The item indices of a step's batch, a function of (seed, step) alone, so a resumed run sees
+    exactly the batches the uninterrupted run would have.
+
+    Each epoch is a seeded permutation. With lengths, every window of `group` batches is sorted by
+    length before it is cut into batches and the batches are shuffled again: rows of similar length
+    share a batch, so padding (and its compute and memory) mostly disappears.
+    """
+    per_epoch = max(1, n_items // batch_size)
     epoch, index = divmod(step, per_epoch)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(n_items, generator=generator).tolist()
     if n_items < batch_size:
         return perm
+    perm = perm[: per_epoch * batch_size]
+    if lengths is not None and group > 1:
+        window = batch_size * group
+        grouped = []
+        for start in range(0, len(perm), window):
+            grouped.extend(sorted(perm[start : start + window], key=lambda i: lengths[i]))
+        batches = [grouped[b * batch_size : (b + 1) * batch_size] for b in range(per_epoch)]
+        shuffle = torch.randperm(per_epoch, generator=generator).tolist()
+        return batches[shuffle[index]]
     return perm[index * batch_size : (index + 1) * batch_size]
+
+
+def micro_batches(idx: Sequence[int], lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Split a batch into chunks of at most max_tokens padded tokens (rows sorted by length), so
+    activation memory is bounded; the summed gradients equal the whole batch's."""
+    order = sorted(idx, key=lambda i: lengths[i])
+    chunks: list[list[int]] = [[]]
+    for i in order:
+        width = lengths[i]  # the longest so far, since rows are sorted
+        if chunks[-1] and (len(chunks[-1]) + 1) * width > max_tokens:
+            chunks.append([])
+        chunks[-1].append(i)
+    return chunks
 
 
 def _optimizer(unit: TaskPrompt, config: TrainingConfig) -> torch.optim.Optimizer:
@@ -118,29 +146,35 @@ def fit(
     best_tensors = PromptArtifact.load(best_path).tensors if (resume and best_path.exists()) else export_unit(unit)
     writer = _tensorboard(run_dir)
     labels = torch.tensor([p.item.label for p in train_items])
+    lengths = [sum(len(r) for r in p.item.rows) for p in train_items]
     started = time.perf_counter()
     seen = 0
+    eval_seconds = 0.0  # excluded from training time and speed
     stopped_early = False
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
     unit.train()
     try:
         while step < config.steps:
-            idx = batch_order(len(train_items), config.batch_size, step, config.seed)
-            logits = torch.stack(class_logits(pm, {unit.key: unit}, [train_items[i] for i in idx], config.padding_side))
-            target = labels[idx].to(logits.device)
-            loss = torch.nn.functional.cross_entropy(logits.float(), target)
+            idx = batch_order(len(train_items), config.batch_size, step, config.seed,
+                              lengths if config.group_by_length else None)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_value = 0.0
+            for chunk in micro_batches(idx, lengths, config.micro_batch_tokens):
+                logits = torch.stack(class_logits(pm, {unit.key: unit}, [train_items[i] for i in chunk], config.padding_side))
+                target = labels[chunk].to(logits.device)
+                loss = torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum") / len(idx)
+                loss.backward()
+                loss_value += loss.item()
             params = [p for g in optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             step += 1
             seen += len(idx)
-            running.append(loss.item())
+            running.append(loss_value)
             if not math.isfinite(running[-1]):
                 raise FloatingPointError(f"loss became {running[-1]} at step {step}; lower training.lr")
-            elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - started - eval_seconds
             bar.update(1)
             bar.set_postfix(loss=f"{sum(running[-20:]) / len(running[-20:]):.4f}", samples_s=f"{seen / elapsed:.1f}")
             if step % config.log_every == 0 or step == config.steps:
@@ -152,7 +186,9 @@ def fit(
                 running = []
             if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
                 unit.eval()
+                eval_started = time.perf_counter()
                 scores = evaluate()
+                eval_seconds += time.perf_counter() - eval_started
                 unit.train()
                 history.append({"step": step, **{k: v for k, v in scores.items() if isinstance(v, (int, float))}})
                 if writer:
@@ -185,7 +221,7 @@ def fit(
         bar.close()
         if writer:
             writer.close()
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - started - eval_seconds
     if evaluate is None:
         best_tensors = export_unit(unit)
     load_unit_export(unit, best_tensors)

@@ -1,0 +1,187 @@
+"""Prompt tuning on SST-2 with smollm2-135m: softprompt against PEFT, same budget, one run.
+
+Both sides: the same converted SmolLM2-135M-Instruct, template "Review: {text}\\nSentiment:",
+label words " negative"/" positive", 20 virtual tokens initialised from the same text, AdamW at
+the same learning rate, linear decay without warmup, the same batch size, steps and max length,
+scored on the full 872-example dev set by comparing the two label words' next-token scores.
+PEFT follows its own prompt-tuning recipe (causal-LM loss on the label tokens, inputs padded to
+max_length). Each side runs in its own process, alternating (ours, peft, peft, ours, ...), and
+the table reports medians and ratios.
+
+    python bench/prompt_tuning_sst2.py --repeats 2 --out bench/results/prompt_tuning_sst2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, machine, medians, peak_rss_mb, ratio, run_side  # noqa: E402
+
+TEMPLATE = "Review: {text}\nSentiment:"
+WORDS = {"0": "negative", "1": "positive"}
+INIT_TEXT = "Classify the sentiment of the review as positive or negative."
+
+
+def load_split(name: str, limit: int | None = None):
+    from softprompt.tasks.readers import read_examples
+
+    return read_examples(SHARED / "sentence-classification" / f"stsa.binary.{name}", format="label-first", limit=limit)
+
+
+def ours(a) -> dict:
+    import torch
+
+    from softprompt import api
+
+    config = {
+        "name": "bench-ours",
+        "model": {"name": "smollm2-135m"},
+        "task": {"kind": "classification", "template": TEMPLATE + " {mask}", "verbalizer": WORDS,
+                 "max_length": a.max_length + a.tokens},  # PEFT's max_length excludes the virtual tokens
+        "method": {"name": "prompt_tuning", "num_virtual_tokens": a.tokens, "init": "text", "init_text": INIT_TEXT},
+        "data": {"train": str(SHARED / "sentence-classification/stsa.binary.train"),
+                 "dev": str(SHARED / "sentence-classification/stsa.binary.dev"), "format": "label-first"},
+        "training": {"steps": a.steps, "batch_size": a.batch, "lr": a.lr, "warmup": 0, "eval_every": a.steps,
+                     "seed": a.seed, "eval_batch_size": 32},
+        "output": str(Path(a.workdir) / "ours"),
+    }
+    torch.manual_seed(a.seed)
+    result = api.train(config, progress=False, log=lambda s: None)
+    return {
+        "dev_accuracy": result.metrics["dev"]["accuracy"],
+        "train_seconds": result.train_seconds,
+        "samples_per_s": result.samples_per_second,
+        "peak_rss_mb": peak_rss_mb(),
+        "artifact_bytes": result.artifact.stat().st_size,
+        "trainable_params": result.trainable_parameters,
+    }
+
+
+def peft_side(a) -> dict:
+    import torch
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
+
+    from softprompt.models.loading import resolve_path
+
+    path, _ = resolve_path("smollm2-135m")  # the same converted copy our side loads
+    torch.manual_seed(a.seed)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    config = PromptTuningConfig(
+        task_type=TaskType.CAUSAL_LM, prompt_tuning_init=PromptTuningInit.TEXT, num_virtual_tokens=a.tokens,
+        prompt_tuning_init_text=INIT_TEXT, tokenizer_name_or_path=path,
+    )
+    model = get_peft_model(model, config)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def encode(example):
+        # PEFT's prompt-tuning example: input + label tokens, left-padded to max_length, loss on the label.
+        prompt = tokenizer(TEMPLATE.format(text=example.text), add_special_tokens=False).input_ids
+        label = tokenizer(" " + WORDS[example.label], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        prompt = prompt[: a.max_length - len(label)]
+        ids, labels = prompt + label, [-100] * len(prompt) + label
+        padding = a.max_length - len(ids)
+        return [pad] * padding + ids, [0] * padding + [1] * len(ids), [-100] * padding + labels
+
+    train = [encode(e) for e in load_split("train")]
+    generator = torch.Generator().manual_seed(a.seed)
+    loader = torch.utils.data.DataLoader(train, batch_size=a.batch, shuffle=True, generator=generator,
+                                         collate_fn=lambda rows: [torch.tensor(c) for c in zip(*rows)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, a.steps)
+    model.train()
+    step, seen, started = 0, 0, time.perf_counter()
+    while step < a.steps:
+        for ids, mask, labels in loader:
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            seen += len(ids)
+            if step >= a.steps:
+                break
+    train_seconds = time.perf_counter() - started
+
+    model.eval()
+    word_ids = [tokenizer(" " + WORDS[k], add_special_tokens=False).input_ids[0] for k in ("0", "1")]
+    dev = load_split("dev")
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(dev), 32):
+            chunk = dev[start : start + 32]
+            enc = [tokenizer(TEMPLATE.format(text=e.text), add_special_tokens=False).input_ids[-(a.max_length - 1):]
+                   for e in chunk]
+            width = max(map(len, enc))
+            ids = torch.tensor([[pad] * (width - len(x)) + x for x in enc])
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in enc])
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, -1, word_ids]
+            pred = logits.argmax(-1).tolist()
+            correct += sum(int(p == int(e.label)) for p, e in zip(pred, chunk))
+    out = Path(a.workdir) / "peft"
+    model.save_pretrained(out)
+    artifact = out / "adapter_model.safetensors"
+    return {
+        "dev_accuracy": correct / len(dev),
+        "train_seconds": train_seconds,
+        "samples_per_s": seen / train_seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "artifact_bytes": artifact.stat().st_size,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--side", choices=["ours", "peft", "both"], default="both")
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=3e-2)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per side, alternating")
+    parser.add_argument("--workdir", default="runs/bench")
+    parser.add_argument("--out", default=None, help="write the results JSON here")
+    a = parser.parse_args()
+    if a.side != "both":
+        result = ours(a) if a.side == "ours" else peft_side(a)
+        print(json.dumps(result))
+        return
+    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in ("side", "repeats", "out")]
+    runs = {"ours": [], "peft": []}
+    for r in range(a.repeats):
+        order = ("ours", "peft") if r % 2 == 0 else ("peft", "ours")
+        for side in order:
+            runs[side].append(run_side(__file__, side, passthrough))
+            print(f"repeat {r + 1} {side}: {json.dumps(runs[side][-1])}", file=sys.stderr, flush=True)
+    mo, mp = medians(runs["ours"]), medians(runs["peft"])
+    rows = [
+        ("dev accuracy (872)", f"{mo['dev_accuracy']:.4f}", f"{mp['dev_accuracy']:.4f}", f"{mo['dev_accuracy'] - mp['dev_accuracy']:+.4f} (diff)"),
+        ("training samples/s", f"{mo['samples_per_s']:.2f}", f"{mp['samples_per_s']:.2f}", f"{ratio(mo['samples_per_s'], mp['samples_per_s']):.2f}x"),
+        ("training seconds", f"{mo['train_seconds']:.0f}", f"{mp['train_seconds']:.0f}", f"{ratio(mo['train_seconds'], mp['train_seconds']):.2f}x"),
+        ("peak RSS (MB)", f"{mo['peak_rss_mb']:.0f}", f"{mp['peak_rss_mb']:.0f}", f"{ratio(mo['peak_rss_mb'], mp['peak_rss_mb']):.2f}x"),
+        ("artifact bytes", f"{mo['artifact_bytes']:.0f}", f"{mp['artifact_bytes']:.0f}", f"{ratio(mo['artifact_bytes'], mp['artifact_bytes']):.2f}x"),
+        ("trainable parameters", f"{mo['trainable_params']:.0f}", f"{mp['trainable_params']:.0f}", ""),
+    ]
+    table = ["| metric | softprompt | PEFT | softprompt / PEFT |", "| --- | ---: | ---: | ---: |"]
+    table += [f"| {a_} | {b} | {c} | {d} |" for a_, b, c, d in rows]
+    header = (f"steps {a.steps}, batch {a.batch}, {a.tokens} virtual tokens, lr {a.lr}, max length {a.max_length}, "
+              f"medians of {a.repeats} run(s) per side, alternating; machine: {machine()}")
+    print(header)
+    print("\n".join(table))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"settings": vars(a), "machine": machine(), "runs": runs,
+                                           "medians": {"ours": mo, "peft": mp}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
