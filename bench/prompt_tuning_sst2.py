@@ -159,8 +159,10 @@ def main():
     runs = {"ours": [], "peft": []}
     for r in range(a.repeats):
         order = ("ours", "peft") if r % 2 == 0 else ("peft", "ours")
+        # Repeat r uses seed a.seed + r on both sides: accuracy medians cover seeds, not one draw.
+        args = [x for x in passthrough if not x.startswith("--seed=")] + [f"--seed={a.seed + r}"]
         for side in order:
-            runs[side].append(run_side(__file__, side, passthrough))
+            runs[side].append(run_side(__file__, side, args))
             print(f"repeat {r + 1} {side}: {json.dumps(runs[side][-1])}", file=sys.stderr, flush=True)
     mo, mp = medians(runs["ours"]), medians(runs["peft"])
     rows = [
@@ -174,7 +176,8 @@ def main():
     table = ["| metric | softprompt | PEFT | softprompt / PEFT |", "| --- | ---: | ---: | ---: |"]
     table += [f"| {a_} | {b} | {c} | {d} |" for a_, b, c, d in rows]
     header = (f"steps {a.steps}, batch {a.batch}, {a.tokens} virtual tokens, lr {a.lr}, max length {a.max_length}, "
-              f"medians of {a.repeats} run(s) per side, alternating; machine: {machine()}")
+              f"medians of {a.repeats} run(s) per side (seeds {a.seed}..{a.seed + a.repeats - 1}), alternating; "
+              f"machine: {machine()}")
     print(header)
     print("\n".join(table))
     if a.out:

@@ -11,12 +11,33 @@ import yaml
 from helpers import run_config
 from tiny import save_tiny
 
+from typer.testing import CliRunner
+
+from softprompt.cli import app
+
 CLI = [sys.executable, "-m", "softprompt.cli"]
 
 
-def sp(*args, cwd=None):
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def sp(*args):
+    """Run the CLI in-process (fast); the console-script test below runs a real process."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def test_console_entry_point_runs_in_a_real_process(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    out = subprocess.run([*CLI, "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "train" in out.stdout and "predict" in out.stdout
+    out = subprocess.run([*CLI, "eval", tmp_path / "none.safetensors", tmp_path / "none.jsonl"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip() == f"error: {tmp_path / 'none.safetensors'}: file not found"
 
 
 @pytest.fixture(scope="module")

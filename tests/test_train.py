@@ -61,3 +61,23 @@ def test_encoder_head_is_trained_and_saved(tmp_path):
     tensors = PromptArtifact.load(result.artifact).tensors
     assert set(tensors) == {"prompt.input", "head.weight", "head.bias"}
     assert tensors["head.weight"].shape == (2, 32)
+
+
+def test_two_trained_prompts_served_mixed_in_one_batch_match_each_alone(tmp_path):
+    import softprompt
+
+    one = api.train(run_config(tmp_path, steps=4), ["output=" + str(tmp_path / "one")], progress=False, log=lambda s: None)
+    config = run_config(tmp_path, steps=4)
+    config["task"]["verbalizer"] = {"positive": "great", "negative": "awful"}
+    config["method"]["num_virtual_tokens"] = 6
+    two = api.train(config, ["output=" + str(tmp_path / "two")], progress=False, log=lambda s: None)
+    base = api.load_model(str(tmp_path / "tiny-gpt2"))
+    prompts = {"one": api.load_prompt(one.artifact, base), "two": api.load_prompt(two.artifact, base)}
+    texts = ["a warm and funny film", "the plot is dull", "great cast", "boring and slow"]
+    requests = [("one", texts[0]), ("two", texts[1]), ("two", texts[2]), ("one", texts[3])]
+    mixed = softprompt.predict_mixed(prompts, requests)
+    for (name, text), got in zip(requests, mixed):
+        (alone,) = softprompt.predict(prompts[name], [text])
+        assert got.label == alone.label
+        for label in got.probabilities:
+            assert abs(got.probabilities[label] - alone.probabilities[label]) < 1e-5

@@ -12,6 +12,7 @@ from .api import (  # noqa: E402
     load_prompt,
     predict,
     predict_file,
+    predict_mixed,
     train,
 )
 from .core import PromptArtifact  # noqa: E402
@@ -30,5 +31,6 @@ __all__ = [
     "load_prompt",
     "predict",
     "predict_file",
+    "predict_mixed",
     "train",
 ]

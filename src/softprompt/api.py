@@ -19,11 +19,12 @@ from .configs import DataConfig, ModelConfig, RunConfig, from_dict, load_run_con
 from .core import PromptArtifact, PromptedModel
 from .errors import ConfigError, DataError
 from .methods import get_method
+from .methods.deep_common import check_deep_tensors
 from .models import EMBEDDED, BaseModel, embedded_status, load_base
 from .tasks.classification import ClassificationConfig, ClassificationTask
 from .tasks.metrics import classification_metrics, format_report
 from .tasks.readers import Example, read_examples, sample_k_per_class, split_examples
-from .tasks.runner import Prepared, TaskPrompt, load_unit_export, predict_logits
+from .tasks.runner import Prepared, TaskPrompt, predict_logits
 
 TASK_KINDS = {"classification": (ClassificationConfig, ClassificationTask)}
 
@@ -162,14 +163,6 @@ def train(
     t = config.training
     evaluate = (lambda: _evaluate_items(pm, unit, dev_items, labels, t.eval_batch_size, t.padding_side)) if dev_items else None
     result = fit(pm, unit, train_items, t, run_dir, evaluate=evaluate, resume=resume, progress=progress, on_step=on_step)
-    metrics: dict[str, Any] = {}
-    if dev_items:
-        unit.eval()
-        metrics["dev"] = _evaluate_items(pm, unit, dev_items, labels, t.eval_batch_size, t.padding_side)
-        log(format_report(metrics["dev"]))
-    if data.test:
-        test_items = prepare(task, unit.key, read_split(data.test, data))
-        metrics["test"] = _evaluate_items(pm, unit, test_items, labels, t.eval_batch_size, t.padding_side)
     meta = {
         "method": method_cls.name,
         "method_config": to_dict(m_config),
@@ -183,12 +176,24 @@ def train(
             "num_layers": base.info.num_layers,
         },
         "training": {**to_dict(t), "best_step": result.best_step, "steps_done": result.steps_done},
-        "metrics": {split: {k: v for k, v in m.items() if k != "per_class"} for split, m in metrics.items()},
         "softprompt_version": __version__,
         "name": config.name,
     }
+    path = run_dir / "prompt.safetensors"
     artifact = PromptArtifact(result.best_tensors, meta)
-    path = artifact.save(run_dir / "prompt.safetensors")
+    artifact.save(path)
+    # Final metrics come from the saved file itself, attached as a user would attach it.
+    loaded = load_prompt(path, base, key=unit.key)
+    metrics: dict[str, Any] = {}
+    if dev_items:
+        metrics["dev"] = _evaluate_items(pm, loaded.unit, prepare(loaded.unit.task, unit.key, dev_examples), labels,
+                                         t.eval_batch_size, t.padding_side)
+        log(format_report(metrics["dev"]))
+    if data.test:
+        test_items = prepare(loaded.unit.task, unit.key, read_split(data.test, data))
+        metrics["test"] = _evaluate_items(pm, loaded.unit, test_items, labels, t.eval_batch_size, t.padding_side)
+    artifact.meta["metrics"] = {split: {k: v for k, v in m.items() if k != "per_class"} for split, m in metrics.items()}
+    artifact.save(path)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     log(f"saved {path} ({path.stat().st_size:,} bytes)")
     return TrainResult(
@@ -229,9 +234,10 @@ def load_prompt(path: str | Path | PromptArtifact, base: BaseModel | str | None 
     labels = task_section.pop("labels")
     task = build_task(task_section, base, labels, getattr(m_config, "num_virtual_tokens", 0))
     prompt_tensors = {k[len("prompt."):]: v for k, v in artifact.tensors.items() if k.startswith("prompt.")}
+    check_deep_tensors(prompt_tensors, base, str(artifact.path or "artifact"))
     method = method_cls.from_export(m_config, prompt_tensors)
+    task.load_export(artifact.tensors)
     unit = TaskPrompt(key or (artifact.path.stem if artifact.path else "task"), method, task).to(base.device)
-    load_unit_export(unit, artifact.tensors)
     unit.eval()
     return LoadedPrompt(unit, artifact, base)
 
@@ -286,6 +292,37 @@ def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example]
         probs = torch.softmax(value, -1).tolist()
         best = max(range(len(probs)), key=probs.__getitem__)
         out.append(Prediction(loaded.labels[best], dict(zip(loaded.labels, probs)), example.text, example.source))
+    return out
+
+
+def predict_mixed(prompts: Mapping[str, LoadedPrompt], requests: Sequence[tuple[str, str | Example]], *,
+                  batch_size: int = 32) -> list[Prediction]:
+    """Predictions for requests that each name their task, served from one base model in shared
+    batches: row i of a batch may use one prompt and row j another."""
+    if not prompts:
+        raise ConfigError("predict_mixed needs at least one loaded prompt")
+    bases = {id(p.base) for p in prompts.values()}
+    if len(bases) != 1:
+        raise ConfigError("predict_mixed serves prompts of one base model object; load them all onto the same base")
+    units = {name: p.unit for name, p in prompts.items()}
+    prepared, examples = [], []
+    for i, (name, value) in enumerate(requests):
+        if name not in units:
+            raise DataError(f"request {i + 1}: unknown task {name!r} (tasks: {', '.join(units)})")
+        example = value if isinstance(value, Example) else Example(text=str(value), source=f"request {i + 1}")
+        if not example.text.strip():
+            raise DataError(f"request {i + 1}: empty text")
+        example = Example(example.text, example.text_b, None, example.source, example.fields)
+        examples.append(example)
+        prepared.append(Prepared(name, units[name].task.prepare(example)))
+    pm = PromptedModel(next(iter(prompts.values())).base)
+    logits = predict_logits(pm, units, prepared, batch_size)
+    out = []
+    for (name, _), example, value in zip(requests, examples, logits):
+        labels = prompts[name].labels
+        probs = torch.softmax(value, -1).tolist()
+        best = max(range(len(probs)), key=probs.__getitem__)
+        out.append(Prediction(labels[best], dict(zip(labels, probs)), example.text, example.source))
     return out
 
 

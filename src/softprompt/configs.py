@@ -166,7 +166,7 @@ class TrainingConfig:
     checkpoint_every: int | None = None  # default: eval_every
     keep_checkpoints: int = 2
     padding_side: str = "left"
-    group_by_length: bool = True  # batch rows of similar length together (less padding)
+    group_by_length: bool = False  # batch rows of similar length (less padding, but noisier early steps)
     micro_batch_tokens: int = 768  # padded tokens per forward pass; larger batches accumulate gradients
     log_every: int = 10
 

@@ -7,13 +7,30 @@ prompt. Everything downstream (heads, verbalizers, losses) reads the hidden stat
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence, Union
 
 import torch
 from torch import nn
 
 from ..models import BaseModel, ModelKind
 from .batch import PromptBatch, collate
+from .deep import DeepBatch, DeepPromptSupport
+
+
+@dataclass
+class PromptTensors:
+    """What one prompt injects: virtual-token embeddings and/or per-layer key/value prefixes."""
+
+    input: torch.Tensor | None = None  # (n_virtual, hidden)
+    deep: dict[str, torch.Tensor] | None = None  # stack -> (layers, 2, kv_heads, prefix_len, head_dim)
+
+
+PromptLike = Union[torch.Tensor, PromptTensors]
+
+
+def _as_prompt(value: PromptLike) -> PromptTensors:
+    return value if isinstance(value, PromptTensors) else PromptTensors(input=value)
 
 
 class PromptedModel(nn.Module):
@@ -34,15 +51,18 @@ class PromptedModel(nn.Module):
         pad_id = self.base.tokenizer.pad_token_id
         return collate(rows, row_keys, pad_id if pad_id is not None else 0, side).to(self.base.device)
 
-    def embed(self, batch: PromptBatch, prompts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def embed(self, batch: PromptBatch, prompts: Mapping[str, PromptLike]) -> torch.Tensor:
         """Input embeddings with each row's virtual slots filled from that row's prompt."""
         embeddings = self.base.input_embeddings()(batch.input_ids)
         if not batch.has_virtual:
             return embeddings
+        prompts = {k: _as_prompt(v) for k, v in prompts.items()}
         missing = [key for key in batch.prompt_keys if key not in prompts]
         if missing:
-            raise KeyError(f"no input prompt for {missing}")
-        tables = [prompts[key] for key in batch.prompt_keys]
+            raise KeyError(f"no prompt for {missing}")
+        empty = embeddings.new_zeros(0, embeddings.shape[-1])
+        # A deep-only prompt has no input table; its rows have no virtual slots (checked below).
+        tables = [prompts[key].input if prompts[key].input is not None else empty for key in batch.prompt_keys]
         lengths = torch.tensor([t.shape[0] for t in tables], device=embeddings.device)
         offsets = torch.cumsum(lengths, 0) - lengths
         table = torch.cat(tables, 0).to(device=embeddings.device, dtype=embeddings.dtype)
@@ -59,8 +79,82 @@ class PromptedModel(nn.Module):
             return None
         return batch.position_ids + self.info.position_offset
 
-    def encode(self, batch: PromptBatch, prompts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    # ---- deep prompts --------------------------------------------------------------------------
+    _deep_support: DeepPromptSupport | None = None
+
+    def deep_support(self) -> DeepPromptSupport:
+        """The model's prefix-aware attention, switched on at first use."""
+        if self._deep_support is None:
+            support = getattr(self.model, "_softprompt_deep", None)
+            if support is None:
+                encoder = self.model.get_encoder() if self.info.kind is ModelKind.SEQ2SEQ else None
+                support = DeepPromptSupport(self.model, encoder, self.info.kind is ModelKind.CAUSAL, self.info.model_type)
+                object.__setattr__(self.model, "_softprompt_deep", support)
+            self._deep_support = support
+        return self._deep_support
+
+    def _deep_batch(self, batch: PromptBatch, prompts: Mapping[str, PromptTensors]) -> DeepBatch | None:
+        """Each row's prefixes padded to the batch's longest, with a validity mask; None without any."""
+        deep_keys = [k for k in batch.prompt_keys if k in prompts and prompts[k].deep]
+        if not deep_keys:
+            return None
+        support = self.deep_support()
+        device = self.base.device
+        rows = batch.row_prompt.tolist()
+        kv, valid = {}, {}
+        for stack in support.stacks:
+            tensors = {k: prompts[k].deep[stack] for k in deep_keys if stack in prompts[k].deep}
+            if not tensors:
+                continue
+            longest = max(t.shape[3] for t in tensors.values())
+            sample = next(iter(tensors.values()))
+            layers, _, heads, _, dim = sample.shape
+            zeros = sample.new_zeros(layers, 2, heads, longest, dim)
+            per_row, mask = [], torch.zeros(len(rows), longest, dtype=torch.bool, device=device)
+            for i, r in enumerate(rows):
+                key = batch.prompt_keys[r] if r >= 0 else None
+                t = tensors.get(key)
+                if t is None:
+                    per_row.append(zeros)
+                    continue
+                n = t.shape[3]
+                per_row.append(torch.nn.functional.pad(t, (0, 0, 0, longest - n)) if n < longest else t)
+                mask[i, :n] = True
+            kv[stack] = torch.stack(per_row, dim=2).to(device)  # (layers, 2, B, heads, P, D)
+            valid[stack] = mask
+        return DeepBatch(kv, valid)
+
+    @torch.no_grad()
+    def capture_kv(self, token_ids: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Per-stack keys/values (layers, 2, kv_heads, T, head_dim) that the model computes for tokens
+        (used to initialise prefixes from real words, as Li & Liang found matters)."""
+        support = self.deep_support()
+        support.active_deep, support.capture = None, {}
+        try:
+            batch = self.collate([list(token_ids)], [None], padding_side="right")
+            hidden = self.encode(batch, {})
+            if self.info.kind is ModelKind.SEQ2SEQ:
+                dec = torch.tensor([list(token_ids)], device=self.base.device)
+                self.decoder_logits(hidden, batch.attention_mask, dec)
+            captured = support.capture
+        finally:
+            support.capture = None
+        return {
+            stack: torch.stack([layers[i] for i in sorted(layers)]).to("cpu", torch.float32)
+            for stack, layers in captured.items()
+        }
+
+    _batch_deep: DeepBatch | None = None  # the prefixes of the last encoded batch, by its rows
+
+    def _activate(self, deep: DeepBatch | None) -> None:
+        self._batch_deep = deep
+        if deep is not None or self._deep_support is not None:
+            self.deep_support().active_deep = deep
+
+    def encode(self, batch: PromptBatch, prompts: Mapping[str, PromptLike]) -> torch.Tensor:
         """Last hidden states (B, L, d) of the decoder stack (causal), encoder (encoder, seq2seq)."""
+        prompts = {k: _as_prompt(v) for k, v in prompts.items()}
+        self._activate(self._deep_batch(batch, prompts))
         embeds = self.embed(batch, prompts)
         kwargs = {"inputs_embeds": embeds, "attention_mask": batch.attention_mask}
         positions = self._position_ids(batch)
@@ -90,8 +184,15 @@ class PromptedModel(nn.Module):
         encoder_hidden: torch.Tensor,
         encoder_mask: torch.Tensor,
         decoder_input_ids: torch.Tensor,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Decoder vocabulary logits (B, T, V) of an encoder-decoder given encoder states."""
+        """Decoder vocabulary logits (B, T, V) of an encoder-decoder given encoder states; rows maps
+        each decoder row to its encoder-batch row (for its deep prompts)."""
+        deep = self._batch_deep
+        if self._deep_support is not None:
+            if deep is not None and rows is not None:
+                deep = DeepBatch({s: kv[:, :, rows] for s, kv in deep.kv.items()}, {s: v[rows] for s, v in deep.valid.items()})
+            self._deep_support.active_deep = deep
         out = self.model(
             encoder_outputs=(encoder_hidden,),
             attention_mask=encoder_mask,

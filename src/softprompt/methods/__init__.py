@@ -1,6 +1,22 @@
 """Prompt methods, one small module each, registered by name."""
 
 from .base import Injection, METHODS, get_method, register_method
+from .prefix_tuning import PrefixTuning, PrefixTuningConfig
 from .prompt_tuning import PromptTuning, PromptTuningConfig
+from .ptuning import PTuning, PTuningConfig
+from .ptuning_v2 import PTuningV2, PTuningV2Config
 
-__all__ = ["Injection", "METHODS", "PromptTuning", "PromptTuningConfig", "get_method", "register_method"]
+__all__ = [
+    "Injection",
+    "METHODS",
+    "PTuning",
+    "PTuningConfig",
+    "PTuningV2",
+    "PTuningV2Config",
+    "PrefixTuning",
+    "PrefixTuningConfig",
+    "PromptTuning",
+    "PromptTuningConfig",
+    "get_method",
+    "register_method",
+]

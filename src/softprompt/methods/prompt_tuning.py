@@ -120,6 +120,11 @@ class PromptTuning(nn.Module):
     def input_prompt(self) -> torch.Tensor:
         return self.embedding
 
+    def prompt_tensors(self):
+        from ..core import PromptTensors
+
+        return PromptTensors(input=self.embedding)
+
     def export(self) -> dict[str, torch.Tensor]:
         return {"input": self.embedding.detach().to("cpu", torch.float32).clone()}
 

@@ -123,6 +123,14 @@ class ClassificationTask(nn.Module):
         self.template = parse_template(template)
         if head is HeadKind.VERBALIZER and base.info.kind is ModelKind.CAUSAL and not self.template.has_mask:
             raise ConfigError(f"template {template!r} needs an answer slot {{mask}} for a verbalizer on a causal LM")
+        if self.template.num_virtual:
+            # Virtual tokens placed by the template (P-tuning): none go first, and the counts must agree.
+            if self.template.num_virtual != n_prefix:
+                raise ConfigError(
+                    f"template {template!r} places {self.template.num_virtual} virtual tokens but the method has "
+                    f"{n_prefix}; set method.num_virtual_tokens={self.template.num_virtual}"
+                )
+            self.n_prefix = 0
         self.renderer = TemplateRenderer(self.template, self.tokenizer, base.info.kind, config.max_length)
         self.verbalizer = config.verbalizer or {label: [label] for label in self.labels}
         unknown = [label for label in self.labels if label not in self.verbalizer]
@@ -140,7 +148,7 @@ class ClassificationTask(nn.Module):
     def _word_ids(self, word: str) -> list[int]:
         # Whitespace before {mask} in the template belongs to the label word: " positive" is one
         # token where "positive" after a stripped space may be two.
-        probe = self.renderer.render({name: "x" for name in self.template.fields}, 0)
+        probe = self.renderer.render({name: "x" for name in self.template.fields}, self.n_prefix)
         text = (" " + word.strip()) if probe.answer_space else word
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
         if not ids:
@@ -277,7 +285,7 @@ class ClassificationTask(nn.Module):
         for k, s in enumerate(sequences):
             dec[k, : len(s)] = torch.tensor(s)
         owner = torch.tensor(owners, device=hidden.device)
-        logits = pm.decoder_logits(hidden[owner], batch.attention_mask[owner], dec)
+        logits = pm.decoder_logits(hidden[owner], batch.attention_mask[owner], dec, rows=owner)
         logp = torch.log_softmax(logits.float(), dim=-1)
         seq_i, pos_i, tok_i = (torch.tensor(col, device=hidden.device) for col in zip(*tokens))
         token_logp = logp[seq_i, pos_i, tok_i]

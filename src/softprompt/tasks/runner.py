@@ -20,11 +20,11 @@ class TaskPrompt(nn.Module):
         self.method = method
         self.task = task
 
-    def input_prompts(self, key: str | None = None) -> dict[str, torch.Tensor]:
-        """This task's input prompt under key (default: its own key); empty when it has none."""
-        if self.method is None or self.method.num_virtual_tokens == 0:
+    def input_prompts(self, key: str | None = None) -> dict:
+        """This task's prompt tensors (input and/or deep) under key (default: its own key)."""
+        if self.method is None:
             return {}
-        return {key or self.key: self.method.input_prompt()}
+        return {key or self.key: self.method.prompt_tensors()}
 
 
 @dataclass
@@ -66,19 +66,6 @@ def export_unit(unit: TaskPrompt) -> dict[str, torch.Tensor]:
     tensors = {f"prompt.{k}": v for k, v in unit.method.export().items()} if unit.method is not None else {}
     tensors.update(unit.task.export())
     return tensors
-
-
-def load_unit_export(unit: TaskPrompt, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Copy exported tensors back into a live task prompt (e.g. the best one seen in training)."""
-    with torch.no_grad():
-        if unit.method is not None:
-            for name, value in unit.method.export().items():
-                source = tensors[f"prompt.{name}"]
-                target = dict(unit.method.named_parameters())
-                param = target.get("embedding") if name == "input" else target.get(name)
-                if param is not None:
-                    param.copy_(source.to(param.device, param.dtype))
-        unit.task.load_export({k: v.to(next(unit.task.parameters(), torch.empty(0)).device) for k, v in tensors.items()})
 
 
 @torch.no_grad()

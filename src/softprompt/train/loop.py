@@ -16,7 +16,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from ..configs import TrainingConfig
 from ..core import PromptArtifact, PromptedModel
-from ..tasks.runner import Prepared, TaskPrompt, class_logits, export_unit, load_unit_export
+from ..tasks.runner import Prepared, TaskPrompt, class_logits, export_unit
 from .state import checkpoint_dir, latest_checkpoint, load_training_state, prune_checkpoints, save_training_state
 
 
@@ -224,7 +224,6 @@ def fit(
     elapsed = time.perf_counter() - started - eval_seconds
     if evaluate is None:
         best_tensors = export_unit(unit)
-    load_unit_export(unit, best_tensors)
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     try:
         _plot(history, run_dir / "training.png", metric)

@@ -1,0 +1,74 @@
+"""P-tuning v2 (Liu et al. 2022): trainable key/value prefixes in every layer (deep prompt tuning)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from ..core import PromptTensors
+from ..errors import ConfigError
+from .base import Injection, register_method
+from .deep_common import DeepInit, deep_stacks, random_prefixes, word_activations
+
+
+@dataclass
+class PTuningV2Config:
+    """Deep prompt tuning settings."""
+
+    prefix_length: int = 20  # prefix positions per layer
+    init: DeepInit = DeepInit.RANDOM  # random | words
+    init_text: str | None = None  # for init='words' (default: the label words)
+    cross_attention: bool = False  # encoder-decoders: also prefix the decoder's cross-attention
+    seed: int = 0
+
+    def __post_init__(self):
+        try:
+            self.init = DeepInit(self.init)
+        except ValueError:
+            raise ConfigError(f"method.init={self.init!r} is not one of: random, words") from None
+        if not isinstance(self.prefix_length, int) or not 1 <= self.prefix_length <= 1024:
+            raise ConfigError(f"method.prefix_length={self.prefix_length!r} must be a whole number 1..1024")
+
+
+def initial_prefixes(config, base, label_words: Sequence[str]) -> dict[str, torch.Tensor]:
+    stacks = deep_stacks(base, config.cross_attention)
+    if config.init is DeepInit.WORDS:
+        text = config.init_text or " ".join(label_words)
+        if not text.strip():
+            raise ConfigError("method.init='words' needs method.init_text or a task with label words")
+        return word_activations(base, stacks, config.prefix_length, text)
+    return random_prefixes(base, stacks, config.prefix_length, config.seed)
+
+
+@register_method
+class PTuningV2(nn.Module):
+    """Per-stack (layers, 2, kv_heads, prefix_length, head_dim) float32 parameters."""
+
+    name: ClassVar[str] = "ptuning_v2"
+    Config: ClassVar[type] = PTuningV2Config
+    injections: ClassVar[frozenset] = frozenset({Injection.DEEP})
+    num_virtual_tokens: ClassVar[int] = 0
+
+    def __init__(self, config, prefixes: dict[str, torch.Tensor]):
+        super().__init__()
+        self.config = config
+        self.prefixes = nn.ParameterDict(
+            {stack: nn.Parameter(t.detach().to(torch.float32).clone()) for stack, t in prefixes.items()}
+        )
+
+    @classmethod
+    def initialise(cls, config: PTuningV2Config, base, label_words: Sequence[str] = ()):
+        return cls(config, initial_prefixes(config, base, label_words))
+
+    def prompt_tensors(self) -> PromptTensors:
+        return PromptTensors(deep=dict(self.prefixes.items()))
+
+    def export(self) -> dict[str, torch.Tensor]:
+        return {f"deep.{stack}": p.detach().to("cpu", torch.float32).clone() for stack, p in self.prefixes.items()}
+
+    @classmethod
+    def from_export(cls, config, tensors: dict[str, torch.Tensor]):
+        return cls(config, {name[len("deep."):]: t for name, t in tensors.items() if name.startswith("deep.")})

@@ -1,0 +1,95 @@
+"""Deep prompts (per-layer key/value prefixes) in the core, per row, on every listed family."""
+
+import pytest
+import torch
+
+from softprompt.core import PromptedModel, PromptTensors, virtual
+from softprompt.models import ModelKind
+from tiny import FAMILIES, tiny_base
+
+ATOL = 1e-5
+
+
+def _deep(pm, n, seed, stacks=None):
+    info = pm.info
+    g = torch.Generator().manual_seed(seed)
+    support = pm.deep_support()
+    stacks = stacks or support.stacks
+    return {s: torch.randn(info.num_layers, 2, info.num_kv_heads, n, info.head_dim, generator=g) for s in stacks}
+
+
+def _rows(base, texts, n_virtual):
+    rows = []
+    for text, n in zip(texts, n_virtual):
+        ids = base.tokenizer(text).input_ids
+        rows.append([virtual(k) for k in range(n)] + ids)
+    return rows
+
+
+def _outputs(pm, rows, keys, prompts, side):
+    batch = pm.collate(rows, keys, padding_side=side)
+    hidden = pm.encode(batch, prompts)
+    out = []
+    for i in range(len(rows)):
+        h = hidden[i][batch.attention_mask[i].bool()].flatten()
+        if pm.info.kind is ModelKind.SEQ2SEQ:
+            dec = torch.tensor([[pm.decoder_start_id(), 5, 7]])
+            # re-encode alone-style: decoder for row i only, with row i's deep prompts
+            logits = pm.decoder_logits(hidden[i:i + 1], batch.attention_mask[i:i + 1], dec, rows=torch.tensor([i]))
+            h = torch.cat([h, logits.flatten()])
+        out.append(h)
+    return out
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def pm(request):
+    return PromptedModel(tiny_base(request.param))
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_mixed_deep_and_input_prompts_equal_each_task_alone(pm, side):
+    d = pm.info.hidden_size
+    g = torch.Generator().manual_seed(3)
+    prompts = {
+        "deep4": PromptTensors(deep=_deep(pm, 4, 1)),
+        "deep2": PromptTensors(deep=_deep(pm, 2, 2)),
+        "input3": PromptTensors(input=torch.randn(3, d, generator=g)),
+        "both": PromptTensors(input=torch.randn(2, d, generator=g), deep=_deep(pm, 3, 4)),
+    }
+    texts = ["a warm and funny film", "boring", "the plot is dull and the acting is terrible", "great", "good"]
+    keys = ["deep4", "input3", "deep2", "both", None]
+    rows = _rows(pm.base, texts, [0, 3, 0, 2, 0])
+    with torch.no_grad():
+        mixed = _outputs(pm, rows, keys, prompts, side)
+        for i in range(len(rows)):
+            (alone,) = _outputs(pm, [rows[i]], [keys[i]], prompts, side)
+            torch.testing.assert_close(mixed[i], alone, atol=ATOL, rtol=0)
+
+
+def test_deep_prompt_changes_outputs_and_gets_gradients(pm):
+    deep = {s: t.requires_grad_() for s, t in _deep(pm, 3, 5).items()}
+    rows = _rows(pm.base, ["a warm film"], [0])
+    batch = pm.collate(rows, ["p"])
+    with_prefix = pm.encode(batch, {"p": PromptTensors(deep=deep)})
+    without = pm.encode(pm.collate(rows, [None]), {})
+    assert not torch.allclose(with_prefix, without, atol=1e-4)
+    with_prefix.pow(2).sum().backward()
+    stack = "decoder" if pm.info.kind is ModelKind.CAUSAL else "encoder"
+    assert deep[stack].grad is not None and deep[stack].grad.abs().sum() > 0
+
+
+def test_encoder_prefix_changes_the_encoder_output_of_an_encoder_decoder():
+    for family in ("t5", "bart"):
+        pm = PromptedModel(tiny_base(family))
+        rows = _rows(pm.base, ["a warm film"], [0])
+        plain = pm.encode(pm.collate(rows, [None]), {})
+        prefixed = pm.encode(pm.collate(rows, ["p"]), {"p": PromptTensors(deep=_deep(pm, 3, 6, ["encoder"]))})
+        assert (plain - prefixed).abs().max() > 1e-3, family
+
+
+def test_rows_without_a_prompt_are_unchanged_by_deep_support(pm):
+    rows = _rows(pm.base, ["a warm film", "boring"], [0, 0])
+    before = pm.encode(pm.collate(rows, [None, None]), {})
+    pm.deep_support()  # switches the attention implementation
+    after = pm.encode(pm.collate(rows, [None, None]), {})
+    torch.testing.assert_close(before, after, atol=ATOL, rtol=0)
