@@ -63,7 +63,7 @@ def test_round_trip_and_backward(base, method, tmp_path):
     unit = _unit(base, "x", method)
     items = [Prepared("x", unit.task.prepare(e)) for e in EXAMPLES]
     logits = torch.stack(class_logits(pm, {"x": unit}, items))
-    logits.sum().backward()
+    (logits * torch.randn_like(logits)).sum().backward()
     grads = [p.grad for p in unit.method.parameters() if p.requires_grad]
     assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
     cls, cfg = method_config({"name": method, **METHOD_CONFIGS[method]})

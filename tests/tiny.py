@@ -27,6 +27,16 @@ FAMILIES = {
                                                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)),
     "qwen2": ("Qwen2Config", "AutoModelForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)),
+    "mistral": ("MistralConfig", "AutoModelForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                              num_attention_heads=4, num_key_value_heads=2,
+                                                              max_position_embeddings=128, sliding_window=None)),
+    "gpt_neox": ("GPTNeoXConfig", "AutoModelForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                               num_attention_heads=4, max_position_embeddings=128)),
+    "opt": ("OPTConfig", "AutoModelForCausalLM", dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                                      num_attention_heads=4, max_position_embeddings=128,
+                                                      word_embed_proj_dim=32)),
+    "distilbert": ("DistilBertConfig", "AutoModel", dict(dim=32, hidden_dim=64, n_layers=2, n_heads=4,
+                                                         max_position_embeddings=128)),
     "bert": ("BertConfig", "AutoModel", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                              num_attention_heads=4, max_position_embeddings=128)),
     "roberta": ("RobertaConfig", "AutoModel", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -38,8 +48,8 @@ FAMILIES = {
                                                          encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128)),
 }
 
-CAUSAL = ("gpt2", "llama", "qwen2")
-ENCODERS = ("bert", "roberta")
+CAUSAL = ("gpt2", "llama", "qwen2", "mistral", "gpt_neox", "opt")
+ENCODERS = ("bert", "roberta", "distilbert")
 SEQ2SEQ = ("t5", "bart")
 
 
@@ -48,6 +58,7 @@ def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
     """A word-level tokenizer trained on CORPUS, with the special tokens the family expects."""
     specials = {
         "bert": dict(cls="[CLS]", sep="[SEP]", pad="[PAD]", unk="[UNK]", mask="[MASK]"),
+        "distilbert": dict(cls="[CLS]", sep="[SEP]", pad="[PAD]", unk="[UNK]", mask="[MASK]"),
         "roberta": dict(cls="<s>", sep="</s>", pad="<pad>", unk="<unk>", mask="<mask>"),
         "bart": dict(cls="<s>", sep="</s>", pad="<pad>", unk="<unk>", mask="<mask>"),
         "t5": dict(pad="<pad>", eos="</s>", unk="<unk>"),
@@ -67,7 +78,7 @@ def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
         tok.post_processor = processors.TemplateProcessing(
             single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
         )
-    elif family in ("llama",):
+    elif family in ("llama", "mistral"):
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
         )

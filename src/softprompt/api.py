@@ -175,7 +175,9 @@ def train(
             "hidden_size": base.info.hidden_size,
             "num_layers": base.info.num_layers,
         },
-        "training": {**to_dict(t), "best_step": result.best_step, "steps_done": result.steps_done},
+        "training": {**to_dict(t), "best_step": result.best_step, "steps_done": result.steps_done,
+                     "train_seconds": round(result.train_seconds, 1),
+                     "samples_per_second": round(result.samples_per_second, 2)},
         "softprompt_version": __version__,
         "name": config.name,
     }

@@ -34,14 +34,21 @@ class DeepBatch:
     valid: dict[str, torch.Tensor]
 
 
+def _is_attention(module: nn.Module) -> bool:
+    if getattr(module, "layer_idx", None) is not None:
+        return True
+    # Families whose attention modules carry no layer_idx (DistilBERT): known by class name.
+    return type(module).__name__.endswith("Attention") and any(isinstance(c, nn.Linear) for c in module.children())
+
+
 def _tag_attention_modules(model: nn.Module, encoder: nn.Module | None, causal: bool) -> list[nn.Module]:
-    """Mark each attention module (a module with layer_idx and no such child) with its stack."""
+    """Mark each attention module (one with no attention module inside it) with its stack and layer."""
     encoder_ids = {id(m) for m in encoder.modules()} if encoder is not None else set()
-    found = []
+    found, counters = [], {}
     for name, module in model.named_modules():
-        if getattr(module, "layer_idx", None) is None:
+        if not _is_attention(module):
             continue
-        if any(getattr(child, "layer_idx", None) is not None for child in module.modules() if child is not module):
+        if any(_is_attention(child) for child in module.modules() if child is not module):
             continue
         lowered = name.lower()
         if any(token in lowered for token in _CROSS_NAMES) or getattr(module, "is_cross_attention", False):
@@ -50,7 +57,10 @@ def _tag_attention_modules(model: nn.Module, encoder: nn.Module | None, causal: 
             stack = "encoder"
         else:
             stack = "decoder"
+        index = getattr(module, "layer_idx", None)
         module._softprompt_stack = stack
+        module._softprompt_layer = index if index is not None else counters.get(stack, 0)
+        counters[stack] = counters.get(stack, 0) + 1
         found.append(module)
     return found
 
@@ -94,10 +104,10 @@ def softprompt_attention(module, query, key, value, attention_mask, *args, **kwa
     stack = getattr(module, "_softprompt_stack", None)
     if owner is not None and owner.capture is not None and stack is not None:
         # initialisation from real words: record this layer's keys/values of the probe text
-        owner.capture.setdefault(stack, {})[module.layer_idx] = torch.stack([key[0], value[0]]).detach()
+        owner.capture.setdefault(stack, {})[module._softprompt_layer] = torch.stack([key[0], value[0]]).detach()
     if deep is None or stack not in deep.kv:
         return original(module, query, key, value, attention_mask, *args, **kwargs)
-    kv = deep.kv[stack][module.layer_idx]  # (2, B, kv_heads, P, D)
+    kv = deep.kv[stack][module._softprompt_layer]  # (2, B, kv_heads, P, D)
     valid = deep.valid[stack]
     prefix_k = kv[0].to(key.dtype)
     prefix_v = kv[1].to(value.dtype)
@@ -139,7 +149,7 @@ class DeepPromptSupport:
         if not self.modules:
             raise ConfigError(
                 f"model family {family!r}: deep prompts need attention modules that follow transformers' "
-                "AttentionInterface (with a layer_idx); this family's do not"
+                "AttentionInterface; none were found in this model"
             )
         configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}
         self.original_implementation = model.config._attn_implementation or "sdpa"
