@@ -81,6 +81,22 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def coerce_enum(obj, name: str, enum: type[enum.Enum], section: str) -> None:
+    """Turn obj.name into a member of enum, or raise ConfigError quoting the value and the choices."""
+    try:
+        setattr(obj, name, enum(getattr(obj, name)))
+    except ValueError:
+        choices = ", ".join(str(e.value) for e in enum)
+        raise ConfigError(f"{section}.{name}={getattr(obj, name)!r} is not one of: {choices}") from None
+
+
+def check_whole(obj, name: str, low: int, high: int, section: str) -> None:
+    """Raise ConfigError unless obj.name is a whole number in [low, high]."""
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{section}.{name}={value!r} must be a whole number {low}..{high}")
+
+
 def from_dict(cls, data: Mapping[str, Any] | None, where: str = ""):
     """Build dataclass cls from a mapping; unknown keys and wrong types raise ConfigError."""
     if data is None:

@@ -16,6 +16,14 @@ class DeepInit(str, Enum):
     WORDS = "words"  # the keys/values the model computes for real words (init_text or label words)
 
 
+def validate_deep_config(config) -> None:
+    """Checks shared by the deep-prompt methods' configs."""
+    from ..configs import check_whole, coerce_enum
+
+    coerce_enum(config, "init", DeepInit, "method")
+    check_whole(config, "prefix_length", 1, 1024, "method")
+
+
 def deep_stacks(base, cross_attention: bool = False) -> list[str]:
     """Which attention stacks get prefixes: the decoder (causal), the encoder, or encoder and decoder
     (and cross-attention when asked) for encoder-decoders."""

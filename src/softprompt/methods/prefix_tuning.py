@@ -17,7 +17,8 @@ from torch import nn
 from ..core import PromptTensors
 from ..errors import ConfigError
 from .base import Injection, register_method
-from .deep_common import DeepInit
+from ..configs import check_whole
+from .deep_common import DeepInit, validate_deep_config
 from .ptuning_v2 import PTuningV2, initial_prefixes
 
 
@@ -34,14 +35,8 @@ class PrefixTuningConfig:
     seed: int = 0
 
     def __post_init__(self):
-        try:
-            self.init = DeepInit(self.init)
-        except ValueError:
-            raise ConfigError(f"method.init={self.init!r} is not one of: random, words") from None
-        if not isinstance(self.prefix_length, int) or not 1 <= self.prefix_length <= 1024:
-            raise ConfigError(f"method.prefix_length={self.prefix_length!r} must be a whole number 1..1024")
-        if not isinstance(self.hidden, int) or self.hidden < 1:
-            raise ConfigError(f"method.hidden={self.hidden!r} must be a whole number >= 1")
+        validate_deep_config(self)
+        check_whole(self, "hidden", 1, 1 << 16, "method")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"method.dropout={self.dropout!r} must be in [0, 1)")
 

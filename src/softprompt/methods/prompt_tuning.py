@@ -9,6 +9,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
+from ..configs import check_whole, coerce_enum
 from ..errors import ConfigError
 from .base import Injection, register_method
 
@@ -32,13 +33,8 @@ class PromptTuningConfig:
     seed: int = 0  # for random and vocab initialisation
 
     def __post_init__(self):
-        try:
-            self.init = PromptInit(self.init)
-        except ValueError:
-            choices = ", ".join(i.value for i in PromptInit)
-            raise ConfigError(f"method.init={self.init!r} is not one of: {choices}") from None
-        if not isinstance(self.num_virtual_tokens, int) or not 1 <= self.num_virtual_tokens <= 4096:
-            raise ConfigError(f"method.num_virtual_tokens={self.num_virtual_tokens!r} must be a whole number 1..4096")
+        coerce_enum(self, "init", PromptInit, "method")
+        check_whole(self, "num_virtual_tokens", 1, 4096, "method")
         if self.init is PromptInit.TEXT and not (self.init_text and self.init_text.strip()):
             raise ConfigError("method.init='text' needs method.init_text (or use init='labels' or 'vocab')")
 

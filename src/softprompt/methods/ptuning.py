@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..core import PromptTensors
+from ..configs import check_whole, coerce_enum
 from ..errors import ConfigError
 from .base import Injection, register_method
 from .prompt_tuning import PromptInit, PromptTuning, PromptTuningConfig
@@ -38,14 +39,11 @@ class PTuningConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name, enum in (("encoder", PromptEncoder), ("init", PromptInit)):
-            try:
-                setattr(self, name, enum(getattr(self, name)))
-            except ValueError:
-                choices = ", ".join(e.value for e in enum)
-                raise ConfigError(f"method.{name}={getattr(self, name)!r} is not one of: {choices}") from None
-        if not isinstance(self.num_virtual_tokens, int) or not 1 <= self.num_virtual_tokens <= 4096:
-            raise ConfigError(f"method.num_virtual_tokens={self.num_virtual_tokens!r} must be a whole number 1..4096")
+        coerce_enum(self, "encoder", PromptEncoder, "method")
+        coerce_enum(self, "init", PromptInit, "method")
+        check_whole(self, "num_virtual_tokens", 1, 4096, "method")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"method.dropout={self.dropout!r} must be in [0, 1)")
         if self.init is PromptInit.TEXT and not (self.init_text and self.init_text.strip()):
             raise ConfigError("method.init='text' needs method.init_text (or use init='vocab')")
 

@@ -11,7 +11,7 @@ from torch import nn
 from ..core import PromptTensors
 from ..errors import ConfigError
 from .base import Injection, register_method
-from .deep_common import DeepInit, deep_stacks, random_prefixes, word_activations
+from .deep_common import DeepInit, deep_stacks, random_prefixes, validate_deep_config, word_activations
 
 
 @dataclass
@@ -25,12 +25,7 @@ class PTuningV2Config:
     seed: int = 0
 
     def __post_init__(self):
-        try:
-            self.init = DeepInit(self.init)
-        except ValueError:
-            raise ConfigError(f"method.init={self.init!r} is not one of: random, words") from None
-        if not isinstance(self.prefix_length, int) or not 1 <= self.prefix_length <= 1024:
-            raise ConfigError(f"method.prefix_length={self.prefix_length!r} must be a whole number 1..1024")
+        validate_deep_config(self)
 
 
 def initial_prefixes(config, base, label_words: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..configs import coerce_enum
 from ..core import PromptBatch, PromptedModel
 from ..errors import ConfigError, DataError
 from ..models import ModelKind
@@ -60,12 +61,8 @@ class ClassificationConfig:
     pair: bool = False  # whether examples have a second text (text_b)
 
     def __post_init__(self):
-        for name, enum in (("head", HeadKind), ("pooling", Pooling)):
-            try:
-                setattr(self, name, enum(getattr(self, name)))
-            except ValueError:
-                choices = ", ".join(e.value for e in enum)
-                raise ConfigError(f"task.{name}={getattr(self, name)!r} is not one of: {choices}") from None
+        coerce_enum(self, "head", HeadKind, "task")
+        coerce_enum(self, "pooling", Pooling, "task")
         if self.word_score not in ("sum", "mean"):
             raise ConfigError(f"task.word_score={self.word_score!r} is not one of: sum, mean")
         if self.verbalizer is not None:
