@@ -93,3 +93,28 @@ def test_rows_without_a_prompt_are_unchanged_by_deep_support(pm):
     pm.deep_support()  # switches the attention implementation
     after = pm.encode(pm.collate(rows, [None, None]), {})
     torch.testing.assert_close(before, after, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "bart", "t5"])
+def test_gradient_checkpointing_gives_the_same_prefix_gradients(family):
+    pm = PromptedModel(tiny_base(family))
+    for module in pm.model.modules():  # no dropout: checkpointing replays the RNG differently
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in ("dropout", "activation_dropout", "attention_dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    pm.model.train()  # checkpointing only runs in training mode
+    rows = _rows(pm.base, ["a warm film", "the plot is dull"], [0, 0])
+    stack = "decoder" if pm.info.kind is ModelKind.CAUSAL else "encoder"
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            pm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        deep = {s: t.requires_grad_() for s, t in _deep(pm, 3, 7).items()}
+        hidden = pm.encode(pm.collate(rows, ["p", "p"]), {"p": PromptTensors(deep=deep)})
+        weights = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(0))
+        (hidden * weights).sum().backward()
+        grads.append(deep[stack].grad.clone())
+    assert pm.model.is_gradient_checkpointing
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)

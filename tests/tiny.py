@@ -62,7 +62,7 @@ def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
         "roberta": dict(cls="<s>", sep="</s>", pad="<pad>", unk="<unk>", mask="<mask>"),
         "bart": dict(cls="<s>", sep="</s>", pad="<pad>", unk="<unk>", mask="<mask>"),
         "t5": dict(pad="<pad>", eos="</s>", unk="<unk>"),
-    }.get(family, dict(bos="<s>", eos="</s>", unk="<unk>"))
+    }.get(family, dict(bos="<s>", eos="</s>", unk="<unk>", pad="<pad>"))
     order = [specials[k] for k in ("pad", "cls", "bos", "sep", "eos", "unk", "mask") if k in specials]
     tok = Tokenizer(models.WordLevel(unk_token=specials["unk"]))
     tok.normalizer = normalizers.Lowercase()
