@@ -22,11 +22,16 @@ from .methods import get_method
 from .methods.deep_common import check_deep_tensors
 from .models import EMBEDDED, BaseModel, embedded_status, load_base
 from .tasks.classification import ClassificationConfig, ClassificationTask
-from .tasks.metrics import classification_metrics, format_report
+from .tasks.conll import TokenExample, read_token_examples
+from .tasks.metrics import format_report
 from .tasks.readers import Example, read_examples, sample_k_per_class, split_examples
 from .tasks.runner import Prepared, TaskPrompt, predict_logits
+from .tasks.token_labelling import TokenLabellingConfig, TokenLabellingTask
 
-TASK_KINDS = {"classification": (ClassificationConfig, ClassificationTask)}
+TASK_KINDS = {
+    "classification": (ClassificationConfig, ClassificationTask),
+    "token_labelling": (TokenLabellingConfig, TokenLabellingTask),
+}
 
 
 def resolve_device(device: str) -> str:
@@ -68,19 +73,32 @@ def method_config(method_section: Mapping[str, Any]):
     return cls, from_dict(cls.Config, rest, "method.")
 
 
-def _labels_of(task_section: Mapping[str, Any], examples: Sequence[Example]) -> list[str]:
+def _labels_of(task_section: Mapping[str, Any], examples: Sequence) -> list[str]:
     if task_section.get("labels"):
         return [str(label) for label in task_section["labels"]]
     if task_section.get("verbalizer"):
         return [str(label) for label in task_section["verbalizer"]]
+    if examples and isinstance(examples[0], TokenExample):
+        tags = sorted({t for e in examples for t in (e.tags or ())}, key=lambda t: (t != "O", t.split("-")[-1], t))
+        if not tags:
+            raise DataError("the training data has no tags")
+        return tags
     found = sorted({e.label for e in examples if e.label is not None})
     if len(found) < 2:
         raise DataError(f"the training data has {len(found)} distinct label(s); classification needs at least two")
     return found
 
 
-def read_split(path: str, data: DataConfig, *, require_label: bool = True, limit: int | None = None) -> list[Example]:
-    """Examples of one data file, read with the config's format and field names."""
+def _task_kind(task_section: Mapping[str, Any] | None) -> str:
+    return str((task_section or {}).get("kind", "classification"))
+
+
+def read_split(path: str, data: DataConfig, *, require_label: bool = True, limit: int | None = None,
+               kind: str = "classification") -> list:
+    """Examples of one data file, read with the config's format and field names (sentences of
+    token-tag lines for token labelling)."""
+    if kind == "token_labelling":
+        return read_token_examples(path, require_tags=require_label, limit=limit)
     return read_examples(
         path,
         format=None if data.format == "auto" else data.format,
@@ -112,11 +130,17 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def _evaluate_items(pm, unit, items, labels, batch_size, padding_side) -> dict:
-    logits = predict_logits(pm, {unit.key: unit}, items, batch_size, padding_side)
-    pred = [labels[int(torch.argmax(l))] for l in logits]
-    gold = [labels[p.item.label] for p in items]
-    return classification_metrics(gold, pred, labels)
+def _evaluate_items(pm, unit, items, examples, batch_size, padding_side) -> dict:
+    outputs = predict_logits(pm, {unit.key: unit}, items, batch_size, padding_side)
+    return unit.task.metrics(outputs, [p.item for p in items], examples)
+
+
+def _random_split(examples: Sequence, fraction: float, seed: int) -> tuple[list, list]:
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_dev = max(1, round(len(examples) * fraction))
+    dev = sorted(order[:n_dev])
+    keep = sorted(order[n_dev:])
+    return [examples[i] for i in keep], [examples[i] for i in dev]
 
 
 def train(
@@ -136,10 +160,14 @@ def train(
     data = config.data
     if not data.train:
         raise ConfigError("data.train is not set: give the training file (data.train=path/to/train.jsonl)")
-    train_examples = read_split(data.train, data, limit=data.max_train)
-    dev_examples = read_split(data.dev, data, limit=data.max_dev) if data.dev else []
+    kind = _task_kind(config.task)
+    train_examples = read_split(data.train, data, limit=data.max_train, kind=kind)
+    dev_examples = read_split(data.dev, data, limit=data.max_dev, kind=kind) if data.dev else []
     if not dev_examples and data.dev_fraction > 0 and len(train_examples) >= 10:
-        train_examples, dev_examples = split_examples(train_examples, data.dev_fraction, config.training.seed)
+        split = split_examples if kind == "classification" else _random_split
+        train_examples, dev_examples = split(train_examples, data.dev_fraction, config.training.seed)
+    if data.k_shot and kind != "classification":
+        raise ConfigError("data.k_shot samples k examples per class; it applies to classification only")
     if data.k_shot:
         train_examples = sample_k_per_class(train_examples, data.k_shot, config.training.seed)
     base = base or load_model(config.model)
@@ -161,12 +189,13 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     t = config.training
-    evaluate = (lambda: _evaluate_items(pm, unit, dev_items, labels, t.eval_batch_size, t.padding_side)) if dev_items else None
+    evaluate = (lambda: _evaluate_items(pm, unit, dev_items, dev_examples, t.eval_batch_size, t.padding_side)) if dev_items else None
     result = fit(pm, unit, train_items, t, run_dir, evaluate=evaluate, resume=resume, progress=progress, on_step=on_step)
     meta = {
         "method": method_cls.name,
         "method_config": to_dict(m_config),
-        "task": {**to_dict(task.config), "kind": task.kind, "template": str(task.template), "labels": labels},
+        "task": {**to_dict(task.config), "kind": task.kind, "labels": labels,
+                 **({"template": str(task.template)} if task.kind == "classification" else {})},
         "data_fields": {"text_field": data.text_field, "text_b_field": data.text_b_field, "label_field": data.label_field},
         "base_model": {
             "name": base.name,
@@ -188,12 +217,13 @@ def train(
     loaded = load_prompt(path, base, key=unit.key)
     metrics: dict[str, Any] = {}
     if dev_items:
-        metrics["dev"] = _evaluate_items(pm, loaded.unit, prepare(loaded.unit.task, unit.key, dev_examples), labels,
-                                         t.eval_batch_size, t.padding_side)
+        metrics["dev"] = _evaluate_items(pm, loaded.unit, prepare(loaded.unit.task, unit.key, dev_examples),
+                                         dev_examples, t.eval_batch_size, t.padding_side)
         log(format_report(metrics["dev"]))
     if data.test:
-        test_items = prepare(loaded.unit.task, unit.key, read_split(data.test, data))
-        metrics["test"] = _evaluate_items(pm, loaded.unit, test_items, labels, t.eval_batch_size, t.padding_side)
+        test_examples = read_split(data.test, data, kind=kind)
+        test_items = prepare(loaded.unit.task, unit.key, test_examples)
+        metrics["test"] = _evaluate_items(pm, loaded.unit, test_items, test_examples, t.eval_batch_size, t.padding_side)
     artifact.meta["metrics"] = {split: {k: v for k, v in m.items() if k != "per_class"} for split, m in metrics.items()}
     artifact.save(path)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -258,20 +288,21 @@ def evaluate(artifact: str | Path | LoadedPrompt, data_path: str | Path, *, form
         artifact, base, allow_model_mismatch=allow_model_mismatch
     )
     data = _data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field, label_field=label_field)
-    examples = read_split(str(data_path), data)
+    examples = read_split(str(data_path), data, kind=loaded.unit.task.kind)
     pm = PromptedModel(loaded.base)
     items = prepare(loaded.unit.task, loaded.unit.key, examples)
-    return _evaluate_items(pm, loaded.unit, items, loaded.labels, batch_size, "left")
+    return _evaluate_items(pm, loaded.unit, items, examples, batch_size, "left")
 
 
 @dataclass
 class Prediction:
-    """A predicted label with the probability of every label."""
+    """A predicted label with the probability of every label (token labelling: a tag per word)."""
 
     label: str
     probabilities: dict[str, float]
     text: str = ""
     source: str = ""
+    tags: list[str] | None = None
 
 
 def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example], *, batch_size: int = 32,
@@ -280,6 +311,8 @@ def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example]
     loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(
         artifact, base, allow_model_mismatch=allow_model_mismatch
     )
+    if loaded.unit.task.kind == "token_labelling":
+        return _predict_tags(loaded, inputs, batch_size)
     examples = []
     for i, value in enumerate(inputs):
         example = value if isinstance(value, Example) else Example(text=str(value), source=f"input {i + 1}")
@@ -294,6 +327,27 @@ def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example]
         probs = torch.softmax(value, -1).tolist()
         best = max(range(len(probs)), key=probs.__getitem__)
         out.append(Prediction(loaded.labels[best], dict(zip(loaded.labels, probs)), example.text, example.source))
+    return out
+
+
+def _predict_tags(loaded: LoadedPrompt, inputs, batch_size: int) -> list[Prediction]:
+    """A tag per word (words split on whitespace) for each text or TokenExample."""
+    examples = []
+    for i, value in enumerate(inputs):
+        if isinstance(value, TokenExample):
+            examples.append(TokenExample(value.tokens, None, value.source))
+            continue
+        text = value.text if isinstance(value, Example) else str(value)
+        if not text.split():
+            raise DataError(f"input {i + 1}: empty text")
+        examples.append(TokenExample(tuple(text.split()), None, f"input {i + 1}"))
+    task = loaded.unit.task
+    items = prepare(task, loaded.unit.key, examples)
+    outputs = predict_logits(PromptedModel(loaded.base), {loaded.unit.key: loaded.unit}, items, batch_size)
+    out = []
+    for example, item, logits in zip(examples, items, outputs):
+        tags = task.decode(logits, item.item)
+        out.append(Prediction(" ".join(tags), {}, " ".join(example.tokens), example.source, tags))
     return out
 
 
@@ -334,7 +388,7 @@ def predict_file(artifact: str | Path | LoadedPrompt, in_path: str | Path, out_p
     """Predict every example of a file; with out_path, write one JSON object per line."""
     loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(artifact, allow_model_mismatch=allow_model_mismatch)
     data = _data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field)
-    examples = read_split(str(in_path), data, require_label=False)
+    examples = read_split(str(in_path), data, require_label=False, kind=loaded.unit.task.kind)
     predictions = predict(loaded, examples, batch_size=batch_size)
     if out_path is not None:
         out_path = Path(out_path)
@@ -342,8 +396,10 @@ def predict_file(artifact: str | Path | LoadedPrompt, in_path: str | Path, out_p
         tmp = out_path.with_name(f".{out_path.name}.tmp")
         with tmp.open("w", encoding="utf-8") as handle:
             for p in predictions:
-                handle.write(json.dumps({"source": p.source, "text": p.text, "label": p.label,
-                                         "probabilities": p.probabilities}, ensure_ascii=False) + "\n")
+                row = {"source": p.source, "text": p.text, "label": p.label, "probabilities": p.probabilities}
+                if p.tags is not None:
+                    row = {"source": p.source, "tokens": p.text.split(" "), "tags": p.tags}
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         tmp.replace(out_path)
     return predictions
 

@@ -109,6 +109,9 @@ def predict(
         return
     (pred,) = _run(api.predict, artifact, [Example(text=text, text_b=text_b, source="text")],
                    batch_size=batch_size, allow_model_mismatch=allow_model_mismatch)
+    if pred.tags is not None:
+        typer.echo(" ".join(f"{word}/{tag}" for word, tag in zip(pred.text.split(" "), pred.tags)))
+        return
     probs = "  ".join(f"{label} {p:.3f}" for label, p in sorted(pred.probabilities.items(), key=lambda kv: -kv[1]))
     typer.echo(f"{pred.label}\t{probs}")
 

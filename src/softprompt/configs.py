@@ -158,11 +158,6 @@ class DataConfig:
     k_shot: int | None = None  # k training examples per class (seeded), for few-shot runs
 
 
-class Metric(str, enum.Enum):
-    ACCURACY = "accuracy"
-    MACRO_F1 = "macro_f1"
-
-
 @dataclass
 class TrainingConfig:
     """The optimisation loop."""
@@ -177,7 +172,7 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     eval_every: int = 50  # steps between dev evaluations (the best prompt is kept)
     patience: int | None = None  # stop after this many evaluations without improvement
-    metric: Metric = Metric.ACCURACY
+    metric: str = "auto"  # dev metric that picks the best prompt; auto: accuracy, or span F1 for token labelling
     seed: int = 0
     checkpoint_every: int | None = None  # default: eval_every
     keep_checkpoints: int = 2

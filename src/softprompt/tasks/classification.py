@@ -288,6 +288,27 @@ class ClassificationTask(nn.Module):
         token_logp = logp[seq_i, pos_i, tok_i]
         return self._aggregate(token_logp, items, spans)
 
+    # ---- training and evaluation ---------------------------------------------------------------
+    metric_names = ("accuracy", "macro_f1")
+
+    def loss_count(self, items) -> int:
+        """How many terms the batch loss averages over (one per example)."""
+        return len(items)
+
+    def loss_sum(self, outputs, items) -> torch.Tensor:
+        """Summed cross-entropy of the class logits against the gold labels."""
+        logits = torch.stack(list(outputs)).float()
+        target = torch.tensor([item.label for item in items], device=logits.device)
+        return nn.functional.cross_entropy(logits, target, reduction="sum")
+
+    def metrics(self, outputs, items, examples) -> dict:
+        """Accuracy, macro-F1 and the per-class report."""
+        from .metrics import classification_metrics
+
+        pred = [self.labels[int(torch.argmax(o))] for o in outputs]
+        gold = [self.labels[item.label] for item in items]
+        return classification_metrics(gold, pred, self.labels)
+
     # ---- state that travels in an artifact ----------------------------------------------------
     def export(self) -> dict[str, torch.Tensor]:
         if self.head is None:

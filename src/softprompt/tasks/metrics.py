@@ -59,6 +59,17 @@ def format_report(metrics: dict) -> str:
 
     ``metrics`` is what :func:`classification_metrics` returns.
     """
+    if "macro_f1" not in metrics:  # span-level token labelling (seqeval)
+        per_class = metrics.get("per_class", {})
+        width = max([len("entity"), *(len(str(label)) for label in per_class)])
+        lines = [f"{'entity':<{width}}  {'precision':>9}  {'recall':>6}  {'f1':>6}  {'support':>7}"]
+        for label, s in per_class.items():
+            lines.append(f"{label:<{width}}  {s['precision']:>9.4f}  {s['recall']:>6.4f}  {s['f1-score']:>6.4f}  "
+                         f"{int(s['support']):>7d}")
+        lines += ["", f"span F1   {metrics['f1']:.4f}  precision {metrics['precision']:.4f}  "
+                      f"recall {metrics['recall']:.4f}  (n={metrics['n']} sentences)",
+                  f"token accuracy  {metrics['accuracy']:.4f}"]
+        return "\n".join(lines)
     per_class = metrics.get("per_class", {})
     width = max([len("label"), *(len(str(label)) for label in per_class)])
     lines = [f"{'label':<{width}}  {'precision':>9}  {'recall':>6}  {'f1':>6}  {'support':>7}"]

@@ -128,7 +128,11 @@ def fit(
     unit.to(pm.base.device)
     optimizer = _optimizer(unit, config)
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    metric = config.metric.value
+    metric = config.metric if config.metric != "auto" else unit.task.metric_names[0]
+    if metric not in unit.task.metric_names:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"training.metric={metric!r} is not one of this task's: {', '.join(unit.task.metric_names)}")
     history: list[dict] = []
     best = {"metric": None, "step": 0, "bad_evals": 0}
     best_path = run_dir / "best.safetensors"
@@ -145,7 +149,7 @@ def fit(
     checkpoint_every = config.checkpoint_every or config.eval_every
     best_tensors = PromptArtifact.load(best_path).tensors if (resume and best_path.exists()) else export_unit(unit)
     writer = _tensorboard(run_dir)
-    labels = torch.tensor([p.item.label for p in train_items])
+    task = unit.task
     lengths = [sum(len(r) for r in p.item.rows) for p in train_items]
     started = time.perf_counter()
     seen = 0
@@ -159,10 +163,12 @@ def fit(
                               lengths if config.group_by_length else None)
             optimizer.zero_grad(set_to_none=True)
             loss_value = 0.0
+            total = max(1, task.loss_count([train_items[i].item for i in idx]))
             for chunk in micro_batches(idx, lengths, config.micro_batch_tokens):
-                logits = torch.stack(class_logits(pm, {unit.key: unit}, [train_items[i] for i in chunk], config.padding_side))
-                target = labels[chunk].to(logits.device)
-                loss = torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum") / len(idx)
+                items = [train_items[i] for i in chunk]
+                outputs = class_logits(pm, {unit.key: unit}, items, config.padding_side)
+                # summed per micro-batch, divided by the whole batch's count: the gradients add up exactly
+                loss = task.loss_sum(outputs, [p.item for p in items]) / total
                 loss.backward()
                 loss_value += loss.item()
             params = [p for g in optimizer.param_groups for p in g["params"]]
