@@ -109,3 +109,12 @@ def test_bad_configs(tmp_path):
     assert "init_text" in error_line(sp("train", path, "method.init=text"))
     assert "column" in error_line(sp("train", path, "task.template={text"))
     assert "config file not found" in error_line(sp("train", tmp_path / "none.yaml"))
+
+
+def test_sweep_command_prints_the_table(tmp_path):
+    config = run_config(tmp_path)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = sp("sweep", path, "--lr", "0.05", "--lr", "0.2", "--length", "2", "--min-steps", "2", "--rungs", "1")
+    assert out.returncode == 0, out.stderr
+    assert "| lr | length | 2 steps |" in out.stdout and "best: lr" in out.stdout

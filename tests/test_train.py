@@ -81,3 +81,16 @@ def test_two_trained_prompts_served_mixed_in_one_batch_match_each_alone(tmp_path
         assert got.label == alone.label
         for label in got.probabilities:
             assert abs(got.probabilities[label] - alone.probabilities[label]) < 1e-5
+
+
+def test_sweep_halves_candidates_and_keeps_the_best_prompt(tmp_path):
+    from softprompt.sweep import sweep
+
+    result = sweep(run_config(tmp_path), lrs=[0.01, 0.3], lengths=[2, 4], min_steps=2, eta=2, rungs=2,
+                   log=lambda s: None)
+    assert len(result.rows) == 4
+    assert sum(1 for r in result.rows if len(r.scores) == 2) == 2  # half went on to the second rung
+    assert result.artifact.exists() and (result.artifact.parent / "sweep.md").exists()
+    best_score = max(max(r.scores.values()) for r in result.rows)
+    assert max(result.best.scores.values()) == best_score
+    assert PromptArtifact.load(result.artifact).tensors["prompt.input"].shape[0] == result.best.length
