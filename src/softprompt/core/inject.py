@@ -201,6 +201,74 @@ class PromptedModel(nn.Module):
         )
         return out.logits
 
+    @torch.no_grad()
+    def generate(self, batch: PromptBatch, prompts: Mapping[str, PromptLike], max_new_tokens: int,
+                 eos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy decoding with a key/value cache: (new tokens (B, T), their step logits (B, T, V)).
+
+        Rows keep their own prompts at every step: input prompts were part of the first pass and so of
+        the cache; deep prefixes are prepended by the attention at each step and never cached.
+        Causal rows must be left-padded, so every row continues at the last column.
+        """
+        from transformers import DynamicCache, EncoderDecoderCache
+
+        prompts = {k: _as_prompt(v) for k, v in prompts.items()}
+        deep = self._deep_batch(batch, prompts)
+        self._activate(deep)
+        rows = batch.input_ids.shape[0]
+        device = batch.input_ids.device
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        tokens, step_logits = [], []
+        if self.info.kind is ModelKind.CAUSAL:
+            if batch.padding_side != "left" and rows > 1:
+                raise ValueError("generation with a causal LM needs a left-padded batch")
+            mask = batch.attention_mask
+            positions = self._position_ids(batch)
+            kwargs = {"inputs_embeds": self.embed(batch, prompts), "attention_mask": mask}
+            if positions is not None:
+                kwargs["position_ids"] = positions
+            cache = DynamicCache()
+            next_position = batch.position_ids[:, -1:] + 1
+            for _ in range(max_new_tokens):
+                out = self.model.base_model(**kwargs, past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                logits = self.lm_logits(out.last_hidden_state[:, -1]).float()
+                token = logits.argmax(-1)
+                if eos_id is not None:
+                    token = torch.where(done, torch.full_like(token, eos_id), token)
+                tokens.append(token)
+                step_logits.append(logits)
+                if eos_id is not None:
+                    done |= token == eos_id
+                    if bool(done.all()):
+                        break
+                mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+                kwargs = {"inputs_embeds": self.base.input_embeddings()(token[:, None]), "attention_mask": mask}
+                if positions is not None:
+                    kwargs["position_ids"] = next_position + self.info.position_offset
+                next_position = next_position + 1
+        else:
+            encoder_hidden = self.encode(batch, prompts)
+            self._activate(deep)
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            step = torch.full((rows, 1), self.decoder_start_id(), dtype=torch.long, device=device)
+            for _ in range(max_new_tokens):
+                out = self.model(encoder_outputs=(encoder_hidden,), attention_mask=batch.attention_mask,
+                                 decoder_input_ids=step, past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                logits = out.logits[:, -1].float()
+                token = logits.argmax(-1)
+                if eos_id is not None:
+                    token = torch.where(done, torch.full_like(token, eos_id), token)
+                tokens.append(token)
+                step_logits.append(logits)
+                if eos_id is not None:
+                    done |= token == eos_id
+                    if bool(done.all()):
+                        break
+                step = token[:, None]
+        return torch.stack(tokens, 1), torch.stack(step_logits, 1)
+
     def decoder_start_id(self) -> int:
         config = self.model.config
         start = getattr(config, "decoder_start_token_id", None)
