@@ -26,9 +26,11 @@ from .tasks.conll import TokenExample, read_token_examples
 from .tasks.metrics import format_report
 from .tasks.readers import Example, read_examples, sample_k_per_class, split_examples
 from .tasks.runner import Prepared, TaskPrompt, predict_logits
+from .tasks.generation import GenerationConfig, GenerationTask
 from .tasks.token_labelling import TokenLabellingConfig, TokenLabellingTask
 
 TASK_KINDS = {
+    "generation": (GenerationConfig, GenerationTask),
     "classification": (ClassificationConfig, ClassificationTask),
     "token_labelling": (TokenLabellingConfig, TokenLabellingTask),
 }
@@ -74,6 +76,8 @@ def method_config(method_section: Mapping[str, Any]):
 
 
 def _labels_of(task_section: Mapping[str, Any], examples: Sequence) -> list[str]:
+    if _task_kind(task_section) == "generation":
+        return []
     if task_section.get("labels"):
         return [str(label) for label in task_section["labels"]]
     if task_section.get("verbalizer"):
@@ -131,6 +135,8 @@ class TrainResult:
 
 
 def _evaluate_items(pm, unit, items, examples, batch_size, padding_side) -> dict:
+    if hasattr(unit.task, "evaluate"):  # generation: decode, then score the text
+        return unit.task.evaluate(pm, unit, items, examples, batch_size, padding_side)
     outputs = predict_logits(pm, {unit.key: unit}, items, batch_size, padding_side)
     return unit.task.metrics(outputs, [p.item for p in items], examples)
 
@@ -313,6 +319,8 @@ def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example]
     )
     if loaded.unit.task.kind == "token_labelling":
         return _predict_tags(loaded, inputs, batch_size)
+    if loaded.unit.task.kind == "generation":
+        return _predict_text(loaded, inputs, batch_size)
     examples = []
     for i, value in enumerate(inputs):
         example = value if isinstance(value, Example) else Example(text=str(value), source=f"input {i + 1}")
@@ -328,6 +336,20 @@ def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example]
         best = max(range(len(probs)), key=probs.__getitem__)
         out.append(Prediction(loaded.labels[best], dict(zip(loaded.labels, probs)), example.text, example.source))
     return out
+
+
+def _predict_text(loaded: LoadedPrompt, inputs, batch_size: int) -> list[Prediction]:
+    """The generated output text for each input."""
+    examples = []
+    for i, value in enumerate(inputs):
+        example = value if isinstance(value, Example) else Example(text=str(value), source=f"input {i + 1}")
+        if not example.text.strip():
+            raise DataError(f"{example.source or f'input {i + 1}'}: empty text")
+        examples.append(Example(example.text, example.text_b, None, example.source, example.fields))
+    task = loaded.unit.task
+    items = [task.prepare(e) for e in examples]
+    outputs = task.generate(PromptedModel(loaded.base), loaded.unit, [item.prefix for item in items], batch_size)
+    return [Prediction(o, {}, e.text, e.source) for o, e in zip(outputs, examples)]
 
 
 def _predict_tags(loaded: LoadedPrompt, inputs, batch_size: int) -> list[Prediction]:

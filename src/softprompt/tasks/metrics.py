@@ -59,6 +59,8 @@ def format_report(metrics: dict) -> str:
 
     ``metrics`` is what :func:`classification_metrics` returns.
     """
+    if "bleu" in metrics:  # generation
+        return f"BLEU {metrics['bleu']:.2f}  ROUGE-L {metrics['rougeL']:.2f}  (n={metrics['n']} distinct inputs)"
     if "macro_f1" not in metrics:  # span-level token labelling (seqeval)
         per_class = metrics.get("per_class", {})
         width = max([len("entity"), *(len(str(label)) for label in per_class)])

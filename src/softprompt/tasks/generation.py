@@ -1,0 +1,165 @@
+"""Text-to-text generation with prompts on causal LMs and encoder-decoders: trained with the
+log-likelihood of the target tokens, evaluated by greedy decoding against every reference of an
+input (BLEU through sacrebleu, ROUGE-L through rouge-score)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..core.batch import virtual  # noqa: F401  (rows carry virtual slots from the renderer)
+from ..errors import ConfigError
+from ..models import ModelKind
+from ..templates import TemplateRenderer, parse_template
+
+DEFAULT_TEMPLATES = {ModelKind.CAUSAL: "{text}\nOutput: {mask}", ModelKind.SEQ2SEQ: "{text}"}
+
+
+@dataclass
+class GenerationConfig:
+    """A generation task: how inputs are written and how long inputs and outputs may be."""
+
+    template: str | None = None  # causal: the output follows {mask}; encoder-decoder: the encoder input
+    max_length: int = 256  # input tokens, prompt included
+    max_target_length: int = 64  # target tokens kept for training
+    max_new_tokens: int = 64  # tokens generated at evaluation and prediction
+
+    def __post_init__(self):
+        for name, low in (("max_length", 8), ("max_target_length", 1), ("max_new_tokens", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"task.{name}={value!r} must be a whole number >= {low}")
+
+
+@dataclass
+class GenItem:
+    rows: list[tuple[int, ...]]
+    prefix: tuple[int, ...]  # the input row (causal: without the target)
+    targets: list[int]  # target tokens then end-of-sequence
+    label: None = None
+
+
+class GenerationTask(nn.Module):
+    """Turns (input, target) pairs into rows and scores targets; generates at evaluation."""
+
+    kind = "generation"
+    metric_names = ("bleu", "rougeL")
+
+    def __init__(self, config: GenerationConfig, base, labels: Sequence[str] = (), n_prefix: int = 0):
+        super().__init__()
+        if base.info.kind is ModelKind.ENCODER:
+            raise ConfigError("task.kind='generation' needs a causal LM or an encoder-decoder, not an encoder")
+        self.config = config
+        self.info = base.info
+        self.tokenizer = base.tokenizer
+        self.eos_id = next((i for i in (base.tokenizer.eos_token_id, getattr(base.model.config, "eos_token_id", None),
+                                        base.tokenizer.sep_token_id) if isinstance(i, int)), None)
+        if self.eos_id is None:
+            raise ConfigError("generation needs a tokenizer with an end-of-sequence token")
+        self.labels: list[str] = []
+        self.label_words: list[str] = []
+        self.template = parse_template(config.template or DEFAULT_TEMPLATES[base.info.kind])
+        if base.info.kind is ModelKind.CAUSAL and not self.template.has_mask:
+            raise ConfigError(f"template {self.template.source!r} needs {{mask}} where the output starts")
+        self.n_prefix = 0 if self.template.num_virtual else n_prefix
+        self.renderer = TemplateRenderer(self.template, self.tokenizer, base.info.kind, config.max_length)
+        self.answer_space = self.renderer.render({n: "x" for n in self.template.fields}, self.n_prefix).answer_space
+
+    def _values(self, example) -> dict:
+        values = dict(example.fields) if getattr(example, "fields", None) else {}
+        values.setdefault("text", example.text)
+        if example.text_b is not None:
+            values.setdefault("text_b", example.text_b)
+        return values
+
+    def prepare(self, example, where: str = "") -> GenItem:
+        where = where or example.source
+        prefix = self.renderer.render(self._values(example), self.n_prefix, where=where).ids
+        targets: list[int] = []
+        if example.label is not None:
+            text = (" " + example.label.strip()) if self.answer_space else example.label
+            targets = self.tokenizer(text, add_special_tokens=False).input_ids[: self.config.max_target_length]
+            targets = targets + [self.eos_id]
+        if self.info.kind is ModelKind.CAUSAL and targets:
+            return GenItem([prefix + tuple(targets[:-1])], prefix, targets)
+        return GenItem([prefix], prefix, targets)
+
+    def class_logits(self, pm, hidden, batch, items, row_index) -> list[torch.Tensor]:
+        """Per item, the log-probabilities of its target tokens (teacher forcing)."""
+        out = []
+        if self.info.kind is ModelKind.CAUSAL:
+            for item, rows in zip(items, row_index):
+                r = rows[0]
+                m = len(item.targets)
+                last = int(batch.last_index[r])
+                logits = pm.lm_logits(hidden[r, last - m + 1 : last + 1]).float()
+                logp = torch.log_softmax(logits, -1)
+                out.append(logp[torch.arange(m), torch.tensor(item.targets, device=logp.device)])
+            return out
+        start = pm.decoder_start_id()
+        width = max(len(item.targets) for item in items)
+        pad = self.tokenizer.pad_token_id or 0
+        owner = torch.tensor([rows[0] for rows in row_index], device=hidden.device)
+        dec = torch.full((len(items), width), pad, dtype=torch.long, device=hidden.device)
+        for k, item in enumerate(items):
+            seq = [start] + item.targets[:-1]
+            dec[k, : len(seq)] = torch.tensor(seq)
+        logp = torch.log_softmax(pm.decoder_logits(hidden[owner], batch.attention_mask[owner], dec, rows=owner).float(), -1)
+        for k, item in enumerate(items):
+            m = len(item.targets)
+            out.append(logp[k, torch.arange(m), torch.tensor(item.targets, device=logp.device)])
+        return out
+
+    def loss_count(self, items) -> int:
+        return sum(len(item.targets) for item in items)
+
+    def loss_sum(self, outputs, items) -> torch.Tensor:
+        return -torch.cat(list(outputs)).sum()
+
+    # ---- generation and its scores ---------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, pm, unit, prefixes: Sequence[tuple[int, ...]], batch_size: int = 16) -> list[str]:
+        """Greedy outputs for input rows, decoded to text (batched by length)."""
+        order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
+        texts: list[str] = [""] * len(prefixes)
+        prompts = unit.input_prompts(unit.key)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = pm.collate([list(prefixes[i]) for i in chunk], [unit.key] * len(chunk), padding_side="left")
+            tokens, _ = pm.generate(batch, prompts, self.config.max_new_tokens, self.eos_id)
+            for i, row in zip(chunk, tokens.tolist()):
+                if self.eos_id in row:
+                    row = row[: row.index(self.eos_id)]
+                texts[i] = self.tokenizer.decode(row, skip_special_tokens=True).strip()
+        return texts
+
+    def evaluate(self, pm, unit, prepared, examples, batch_size: int = 16, padding_side: str = "left") -> dict:
+        """BLEU and ROUGE-L of greedy outputs; inputs that repeat are scored once against all their references."""
+        import sacrebleu
+        from rouge_score import rouge_scorer
+
+        groups: dict[tuple, list[str]] = {}
+        prefix_of: dict[tuple, tuple] = {}
+        for p, e in zip(prepared, examples):
+            key = p.item.prefix
+            groups.setdefault(key, []).append(e.label or "")
+            prefix_of[key] = p.item.prefix
+        keys = list(groups)
+        outputs = self.generate(pm, unit, [prefix_of[k] for k in keys], batch_size)
+        refs = [groups[k] for k in keys]
+        most = max(len(r) for r in refs)
+        # Repeating a reference changes neither clipped n-gram counts nor the closest reference length.
+        streams = [[r[j % len(r)] for r in refs] for j in range(most)]
+        bleu = sacrebleu.corpus_bleu(outputs, streams).score
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        rouge = sum(scorer.score_multi(r, o)["rougeL"].fmeasure for r, o in zip(refs, outputs)) / len(outputs)
+        return {"bleu": bleu, "rougeL": 100 * rouge, "n": len(outputs)}
+
+    def export(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_export(self, tensors) -> None:
+        return None
