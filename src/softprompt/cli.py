@@ -112,6 +112,9 @@ def predict(
     if pred.tags is not None:
         typer.echo(" ".join(f"{word}/{tag}" for word, tag in zip(pred.text.split(" "), pred.tags)))
         return
+    if not pred.probabilities:  # generation: the output text
+        typer.echo(pred.label)
+        return
     probs = "  ".join(f"{label} {p:.3f}" for label, p in sorted(pred.probabilities.items(), key=lambda kv: -kv[1]))
     typer.echo(f"{pred.label}\t{probs}")
 
