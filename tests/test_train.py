@@ -94,3 +94,16 @@ def test_sweep_halves_candidates_and_keeps_the_best_prompt(tmp_path):
     best_score = max(max(r.scores.values()) for r in result.rows)
     assert max(result.best.scores.values()) == best_score
     assert PromptArtifact.load(result.artifact).tensors["prompt.input"].shape[0] == result.best.length
+
+
+def test_skip_empty_lets_a_file_with_label_only_lines_train(tmp_path):
+    from softprompt.errors import DataError
+
+    config = run_config(tmp_path, steps=2)
+    lines = (tmp_path / "train.jsonl").read_text().splitlines()
+    lines.insert(3, '{"text": "  ", "label": "positive"}')
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"train\.jsonl:4"):
+        api.train(config, progress=False, log=lambda s: None)
+    result = api.train(config, ["data.skip_empty=true"], progress=False, log=lambda s: None)
+    assert result.artifact.exists()

@@ -111,6 +111,7 @@ def read_split(path: str, data: DataConfig, *, require_label: bool = True, limit
         label_field=data.label_field if require_label else None,
         require_label=require_label,
         limit=limit,
+        skip_empty=data.skip_empty,
     )
 
 

@@ -156,6 +156,7 @@ class DataConfig:
     max_dev: int | None = None
     dev_fraction: float = 0.1  # carved from train (seeded, stratified) when no dev file is given
     k_shot: int | None = None  # k training examples per class (seeded), for few-shot runs
+    skip_empty: bool = False  # skip rows whose text is empty (CR has four) instead of stopping there
 
 
 @dataclass
