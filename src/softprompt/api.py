@@ -138,7 +138,7 @@ class TrainResult:
 def _evaluate_items(pm, unit, items, examples, batch_size, padding_side) -> dict:
     if hasattr(unit.task, "evaluate"):  # generation: decode, then score the text
         return unit.task.evaluate(pm, unit, items, examples, batch_size, padding_side)
-    outputs = predict_logits(pm, {unit.key: unit}, items, batch_size, padding_side)
+    outputs = predict_logits(pm, {unit.key: unit}, items, batch_size, padding_side, progress=True)
     return unit.task.metrics(outputs, [p.item for p in items], examples)
 
 
@@ -330,7 +330,7 @@ def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example]
         examples.append(Example(example.text, example.text_b, None, example.source, example.fields))
     pm = PromptedModel(loaded.base)
     items = prepare(loaded.unit.task, loaded.unit.key, examples)
-    logits = predict_logits(pm, {loaded.unit.key: loaded.unit}, items, batch_size)
+    logits = predict_logits(pm, {loaded.unit.key: loaded.unit}, items, batch_size, progress=len(items) > batch_size)
     out = []
     for example, value in zip(examples, logits):
         probs = torch.softmax(value, -1).tolist()

@@ -126,7 +126,10 @@ class GenerationTask(nn.Module):
         order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
         texts: list[str] = [""] * len(prefixes)
         prompts = unit.input_prompts(unit.key)
-        for start in range(0, len(order), batch_size):
+        from tqdm.auto import tqdm
+
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="generate", unit="batch", leave=False, disable=None if len(starts) > 1 else True):
             chunk = order[start : start + batch_size]
             batch = pm.collate([list(prefixes[i]) for i in chunk], [unit.key] * len(chunk), padding_side="left")
             tokens, _ = pm.generate(batch, prompts, self.config.max_new_tokens, self.eos_id)

@@ -74,6 +74,14 @@ def predict_logits(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared:
     """Class logits for many items, batched by length (padding only to each batch's longest row)."""
     order = sorted(range(len(prepared)), key=lambda i: max(len(r) for r in prepared[i].item.rows))
     out: list[torch.Tensor | None] = [None] * len(prepared)
+    bar = None
+    if progress is False:
+        progress = None
+    if progress is True:  # a bar in terminals only (disable=None): logs and pipes stay clean
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(prepared), desc="evaluate", unit="ex", leave=False, disable=None)
+        progress = bar.update
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         logits = class_logits(pm, units, [prepared[i] for i in chunk], padding_side)
@@ -81,4 +89,6 @@ def predict_logits(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared:
             out[i] = value.float().cpu()
         if progress is not None:
             progress(len(chunk))
+    if bar is not None:
+        bar.close()
     return out
