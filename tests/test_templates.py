@@ -72,3 +72,20 @@ def test_template_longer_than_max_length_is_a_data_error():
     r = TemplateRenderer(parse_template("review " * 20 + "{text} {mask}"), tok, ModelKind.CAUSAL, 10)
     with pytest.raises(DataError, match="max_length=10"):
         r.render({"text": "good"}, where="x.jsonl:3")
+
+
+def test_chat_option_wraps_the_user_text_in_the_chat_template():
+    from softprompt.errors import ConfigError
+    from softprompt.tasks.classification import chat_wrapped
+
+    tok = tiny_tokenizer("gpt2")
+    template = parse_template("review : {text} sentiment : {mask}")
+    with pytest.raises(ConfigError, match="no chat template"):
+        chat_wrapped(template, tok, ModelKind.CAUSAL)
+    tok = tok.__class__(tokenizer_object=tok.backend_tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tok.chat_template = "{% for m in messages %}<s> {{ m['content'] }} </s>{% endfor %}{% if add_generation_prompt %} answer :{% endif %}"
+    wrapped = chat_wrapped(template, tok, ModelKind.CAUSAL)
+    row = TemplateRenderer(wrapped, tok, ModelKind.CAUSAL, 64).render({"text": "great cast"})
+    words = tok.convert_ids_to_tokens(list(row.ids))
+    assert words == ["<s>", "review", ":", "great", "cast", "sentiment", ":", "</s>", "answer", ":"]
+    assert row.answer_space is False

@@ -59,6 +59,7 @@ class ClassificationConfig:
     word_score: str = "sum"  # sum | mean: log-probabilities over a word's tokens
     max_length: int = 256  # tokens per row, prompt included; longer inputs are shortened
     pair: bool = False  # whether examples have a second text (text_b)
+    chat: bool = False  # causal chat models: the text before {mask} is sent as the user's message
 
     def __post_init__(self):
         coerce_enum(self, "head", HeadKind, "task")
@@ -80,6 +81,31 @@ class ClassificationConfig:
                 raise ConfigError(f"task.labels={self.labels!r} must name at least two distinct labels")
         if not isinstance(self.max_length, int) or self.max_length < 8:
             raise ConfigError(f"task.max_length={self.max_length!r} must be a whole number >= 8")
+
+
+def chat_wrapped(template, tokenizer, kind: ModelKind):
+    """The template with everything before {mask} as a user turn of the model's chat template and
+    the answer slot where the assistant's reply starts."""
+    from ..templates import Literal, Mask, Template
+
+    if kind is not ModelKind.CAUSAL:
+        raise ConfigError("task.chat=true applies to causal chat models only")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("task.chat=true but the tokenizer has no chat template")
+    if not template.has_mask:
+        raise ConfigError(f"task.chat=true needs {{mask}} in the template {template.source!r}")
+    marker = "\u2063softprompt\u2063"
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=True,
+                                             tokenize=False)
+    if rendered.count(marker) != 1:
+        raise ConfigError("task.chat=true: the tokenizer's chat template does not place the user message once")
+    before, after = rendered.split(marker)
+    cut = next(i for i, p in enumerate(template.parts) if isinstance(p, Mask))
+    user = list(template.parts[:cut])
+    if user and isinstance(user[-1], Literal):  # the space before {mask} belongs to the user turn's end
+        user[-1] = Literal(user[-1].text.rstrip())
+    parts = (Literal(before), *user, Literal(after), Mask())
+    return Template(f"chat({template.source})", tuple(p for p in parts if not (isinstance(p, Literal) and not p.text)))
 
 
 @dataclass
@@ -118,6 +144,8 @@ class ClassificationTask(nn.Module):
         self.head_kind = head
         template = config.template or DEFAULT_TEMPLATES[(base.info.kind, config.pair)]
         self.template = parse_template(template)
+        if config.chat:
+            self.template = chat_wrapped(self.template, self.tokenizer, base.info.kind)
         if head is HeadKind.VERBALIZER and base.info.kind is ModelKind.CAUSAL and not self.template.has_mask:
             raise ConfigError(f"template {template!r} needs an answer slot {{mask}} for a verbalizer on a causal LM")
         if self.template.num_virtual:
