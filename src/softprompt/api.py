@@ -322,12 +322,7 @@ def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example]
         return _predict_tags(loaded, inputs, batch_size)
     if loaded.unit.task.kind == "generation":
         return _predict_text(loaded, inputs, batch_size)
-    examples = []
-    for i, value in enumerate(inputs):
-        example = value if isinstance(value, Example) else Example(text=str(value), source=f"input {i + 1}")
-        if not example.text.strip():
-            raise DataError(f"{example.source or f'input {i + 1}'}: empty text")
-        examples.append(Example(example.text, example.text_b, None, example.source, example.fields))
+    examples = _unlabelled(inputs)
     pm = PromptedModel(loaded.base)
     items = prepare(loaded.unit.task, loaded.unit.key, examples)
     logits = predict_logits(pm, {loaded.unit.key: loaded.unit}, items, batch_size, progress=len(items) > batch_size)
@@ -339,14 +334,20 @@ def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example]
     return out
 
 
-def _predict_text(loaded: LoadedPrompt, inputs, batch_size: int) -> list[Prediction]:
-    """The generated output text for each input."""
+def _unlabelled(inputs: Sequence[str | Example]) -> list[Example]:
+    """Texts (or Examples) as unlabelled Examples; DataError for an empty text."""
     examples = []
     for i, value in enumerate(inputs):
         example = value if isinstance(value, Example) else Example(text=str(value), source=f"input {i + 1}")
         if not example.text.strip():
             raise DataError(f"{example.source or f'input {i + 1}'}: empty text")
         examples.append(Example(example.text, example.text_b, None, example.source, example.fields))
+    return examples
+
+
+def _predict_text(loaded: LoadedPrompt, inputs, batch_size: int) -> list[Prediction]:
+    """The generated output text for each input."""
+    examples = _unlabelled(inputs)
     task = loaded.unit.task
     items = [task.prepare(e) for e in examples]
     outputs = task.generate(PromptedModel(loaded.base), loaded.unit, [item.prefix for item in items], batch_size)

@@ -219,6 +219,20 @@ class PromptedModel(nn.Module):
         device = batch.input_ids.device
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         tokens, step_logits = [], []
+
+        def pick(logits: torch.Tensor) -> torch.Tensor | None:
+            """The greedy token of each row (eos once a row is done); None when every row is done."""
+            nonlocal done
+            token = logits.argmax(-1)
+            if eos_id is not None:
+                token = torch.where(done, torch.full_like(token, eos_id), token)
+            tokens.append(token)
+            step_logits.append(logits)
+            if eos_id is not None:
+                done = done | (token == eos_id)
+                if bool(done.all()):
+                    return None
+            return token
         if self.info.kind is ModelKind.CAUSAL:
             if batch.padding_side != "left" and rows > 1:
                 raise ValueError("generation with a causal LM needs a left-padded batch")
@@ -232,16 +246,9 @@ class PromptedModel(nn.Module):
             for _ in range(max_new_tokens):
                 out = self.model.base_model(**kwargs, past_key_values=cache, use_cache=True)
                 cache = out.past_key_values
-                logits = self.lm_logits(out.last_hidden_state[:, -1]).float()
-                token = logits.argmax(-1)
-                if eos_id is not None:
-                    token = torch.where(done, torch.full_like(token, eos_id), token)
-                tokens.append(token)
-                step_logits.append(logits)
-                if eos_id is not None:
-                    done |= token == eos_id
-                    if bool(done.all()):
-                        break
+                token = pick(self.lm_logits(out.last_hidden_state[:, -1]).float())
+                if token is None:
+                    break
                 mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
                 kwargs = {"inputs_embeds": self.base.input_embeddings()(token[:, None]), "attention_mask": mask}
                 if positions is not None:
@@ -256,16 +263,9 @@ class PromptedModel(nn.Module):
                 out = self.model(encoder_outputs=(encoder_hidden,), attention_mask=batch.attention_mask,
                                  decoder_input_ids=step, past_key_values=cache, use_cache=True)
                 cache = out.past_key_values
-                logits = out.logits[:, -1].float()
-                token = logits.argmax(-1)
-                if eos_id is not None:
-                    token = torch.where(done, torch.full_like(token, eos_id), token)
-                tokens.append(token)
-                step_logits.append(logits)
-                if eos_id is not None:
-                    done |= token == eos_id
-                    if bool(done.all()):
-                        break
+                token = pick(out.logits[:, -1].float())
+                if token is None:
+                    break
                 step = token[:, None]
         return torch.stack(tokens, 1), torch.stack(step_logits, 1)
 
