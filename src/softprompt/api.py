@@ -6,7 +6,6 @@ The CLI is a thin shell over these; everything a command does, a function here d
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -53,7 +52,7 @@ def load_model(config: ModelConfig | Mapping | str) -> BaseModel:
     return load_base(config.name, dtype=config.dtype, device=resolve_device(config.device))
 
 
-def _split_kind(section: Mapping[str, Any], key: str, default: str, where: str) -> tuple[str, dict]:
+def _split_kind(section: Mapping[str, Any], key: str, default: str) -> tuple[str, dict]:
     rest = dict(section or {})
     name = rest.pop(key, default)
     return str(name), rest
@@ -61,7 +60,7 @@ def _split_kind(section: Mapping[str, Any], key: str, default: str, where: str) 
 
 def build_task(task_section: Mapping[str, Any], base: BaseModel, labels: Sequence[str], n_prefix: int) -> ClassificationTask:
     """The task module that a config's task section describes."""
-    kind, rest = _split_kind(task_section, "kind", "classification", "task")
+    kind, rest = _split_kind(task_section, "kind", "classification")
     if kind not in TASK_KINDS:
         raise ConfigError(f"task.kind={kind!r} is not one of: {', '.join(TASK_KINDS)}")
     config_cls, task_cls = TASK_KINDS[kind]
@@ -70,7 +69,7 @@ def build_task(task_section: Mapping[str, Any], base: BaseModel, labels: Sequenc
 
 def method_config(method_section: Mapping[str, Any]):
     """(method class, its validated config) from a config's method section."""
-    name, rest = _split_kind(method_section, "name", "prompt_tuning", "method")
+    name, rest = _split_kind(method_section, "name", "prompt_tuning")
     cls = get_method(name)
     return cls, from_dict(cls.Config, rest, "method.")
 

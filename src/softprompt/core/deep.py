@@ -73,7 +73,7 @@ def _original_attention(module: nn.Module, name: str):
     return ALL_ATTENTION_FUNCTIONS[name]
 
 
-def _prefixed_mask(mask, valid, query, key_len, causal, dtype):
+def _prefixed_mask(mask, valid, query, key_len, causal):
     """The attention mask for [prefix; keys]: a row sees its valid prefixes and what it saw before."""
     batch, _, q_len, _ = query.shape
     prefix = valid[:, None, None, :].expand(batch, 1, q_len, valid.shape[1])
@@ -116,7 +116,7 @@ def softprompt_attention(module, query, key, value, attention_mask, *args, **kwa
         prefix_k, prefix_v = prefix_k.repeat_interleave(reps, 0), prefix_v.repeat_interleave(reps, 0)
         valid = valid.repeat_interleave(reps, 0)
     causal = bool(getattr(module, "is_causal", False)) and stack == "decoder"
-    mask = _prefixed_mask(attention_mask, valid, query, key.shape[2], causal, query.dtype)
+    mask = _prefixed_mask(attention_mask, valid, query, key.shape[2], causal)
     if implementation == "eager" and mask.dtype == torch.bool:  # eager adds its mask to the scores
         mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(~mask, torch.finfo(query.dtype).min)
     bias = kwargs.get("position_bias")

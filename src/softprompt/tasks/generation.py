@@ -10,7 +10,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core.batch import virtual  # noqa: F401  (rows carry virtual slots from the renderer)
 from ..errors import ConfigError
 from ..models import ModelKind
 from ..templates import TemplateRenderer, parse_template

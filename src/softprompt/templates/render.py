@@ -8,7 +8,7 @@ from typing import Mapping
 from ..core.batch import virtual
 from ..errors import DataError
 from ..models import ModelKind
-from .grammar import Field, Literal, Mask, Special, Template, Virtual
+from .grammar import Field, Literal, Mask, Template
 
 
 @dataclass(frozen=True)
