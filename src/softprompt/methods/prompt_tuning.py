@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ class PromptInit(str, Enum):
     VOCAB = "vocab"  # embeddings of tokens sampled from the 5,000 lowest (most frequent) ids
     TEXT = "text"  # embeddings of init_text's tokens, repeated to length
     LABELS = "labels"  # embeddings of the class-label words, then sampled vocabulary (Lester et al.)
+    ARTIFACT = "artifact"  # a trained prompt (or a weighted average of several) from init_from (SPoT)
 
 
 @dataclass
@@ -31,12 +33,22 @@ class PromptTuningConfig:
     init: PromptInit = PromptInit.LABELS  # random | vocab | text | labels
     init_text: str | None = None  # required by init='text'
     seed: int = 0  # for random and vocab initialisation
+    init_from: list[str] | None = None  # init='artifact': prompt files whose input prompts start this one
+    init_weights: list[float] | None = None  # init='artifact': weight per init_from file (default: equal)
 
     def __post_init__(self):
         coerce_enum(self, "init", PromptInit, "method")
         check_whole(self, "num_virtual_tokens", 1, 4096, "method")
         if self.init is PromptInit.TEXT and not (self.init_text and self.init_text.strip()):
             raise ConfigError("method.init='text' needs method.init_text (or use init='labels' or 'vocab')")
+        if self.init is PromptInit.ARTIFACT and not self.init_from:
+            raise ConfigError("method.init='artifact' needs method.init_from=[path/to/prompt.safetensors, ...]")
+        if self.init_weights is not None:
+            if not self.init_from or len(self.init_weights) != len(self.init_from):
+                raise ConfigError(f"method.init_weights has {len(self.init_weights)} weights for "
+                                  f"{len(self.init_from or [])} init_from files; give one weight per file")
+            if any(w < 0 for w in self.init_weights) or not sum(self.init_weights) > 0:
+                raise ConfigError(f"method.init_weights={self.init_weights!r} must be >= 0 with a positive sum")
 
 
 def _token_embeddings(base, token_ids: Sequence[int]) -> torch.Tensor:
@@ -52,6 +64,27 @@ def _vocab_sample(base, n: int, generator: torch.Generator) -> torch.Tensor:
     candidates = torch.tensor([i for i in range(low) if i not in special] or list(range(low)))
     picks = candidates[torch.randint(len(candidates), (n,), generator=generator)]
     return _token_embeddings(base, picks.tolist())
+
+
+def _from_artifacts(config: PromptTuningConfig, base) -> torch.Tensor:
+    """The weighted average of the input prompts in config.init_from (weights normalised to sum 1)."""
+    from ..core import PromptArtifact
+
+    weights = torch.tensor(config.init_weights or [1.0] * len(config.init_from), dtype=torch.float32)
+    weights = weights / weights.sum()
+    total = torch.zeros(config.num_virtual_tokens, base.info.hidden_size)
+    for path, weight in zip(config.init_from, weights):
+        artifact = PromptArtifact.load(path)
+        artifact.check_fits(base)
+        prompt = artifact.tensors.get("prompt.input")
+        if prompt is None:
+            raise ConfigError(f"method.init_from: {path} has no input prompt ({artifact.method}); "
+                              "prompt tuning starts only from an input prompt")
+        if tuple(prompt.shape) != tuple(total.shape):
+            raise ConfigError(f"method.init_from: {path} has {prompt.shape[0]} virtual tokens, but "
+                              f"method.num_virtual_tokens={config.num_virtual_tokens}; set it to {prompt.shape[0]}")
+        total += weight * prompt.to(torch.float32)
+    return total
 
 
 def _repeat_to(rows: torch.Tensor, n: int) -> torch.Tensor:
@@ -97,6 +130,8 @@ class PromptTuning(nn.Module):
             if not ids:
                 raise ConfigError(f"method.init_text={text!r} has no tokens")
             initial = _repeat_to(_token_embeddings(base, ids), n)
+        elif init is PromptInit.ARTIFACT:
+            initial = _from_artifacts(config, base)
         else:
             if not label_words:
                 raise ConfigError("method.init='labels' needs a task with label words (a verbalizer or label names)")
