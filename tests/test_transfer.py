@@ -181,3 +181,12 @@ def test_multitask_mixture_gives_a_prompt_that_initialises_a_target(source, tmp_
     run = api.train(target_config, [*init_overrides([mixed]), "training.steps=1", f"output={tmp_path / 'run'}"],
                     base=base, **QUIET)
     assert PromptArtifact.load(run.artifact).meta["method_config"]["init_from"] == [str(mixed)]
+
+
+def test_k_shot_training_uses_k_examples_per_class(tmp_path):
+    config = run_config(tmp_path, steps=1, eval_every=1)
+    lines = []
+    api.train(config, ["data.k_shot=3"], log=lines.append, progress=False)
+    assert lines[0].split(": ")[1].startswith("6 training and 20 dev examples")
+    with pytest.raises(Exception, match="fewer than 30 examples"):
+        api.train(config, ["data.k_shot=30"], **QUIET)
