@@ -13,6 +13,7 @@ from typing import Mapping, Sequence, Union
 import torch
 from torch import nn
 
+from ..errors import ModelError
 from ..models import BaseModel, ModelKind
 from .batch import PromptBatch, collate
 from .deep import DeepBatch, DeepPromptSupport
@@ -166,13 +167,21 @@ class PromptedModel(nn.Module):
         elif kind is ModelKind.ENCODER:
             if positions is not None:
                 kwargs["position_ids"] = positions
-            out = self.model(**kwargs)
+            # base_model is the bare encoder both for AutoModel and for a masked-LM model (its head
+            # is applied by lm_logits, only where a word is read).
+            out = self.model.base_model(**kwargs)
         else:
             out = self.model.get_encoder()(**kwargs)
         return out.last_hidden_state
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of selected hidden states (computed only where asked)."""
+        if self.info.kind is ModelKind.ENCODER:
+            if not self.info.mlm_head:
+                raise ModelError(f"{self.base.name} was loaded without a masked-LM head: no word scores to read")
+            for name in self.info.mlm_head:
+                hidden = getattr(self.model, name)(hidden)
+            return hidden
         logits = self.model.get_output_embeddings()(hidden)
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         if cap:

@@ -10,6 +10,8 @@ import inspect
 from dataclasses import dataclass
 from enum import Enum
 
+from torch import nn
+
 from ..errors import ModelError
 
 
@@ -27,6 +29,8 @@ class ModelKind(str, Enum):
 #   position_ids: "absolute" (the model takes position ids; left padding is safe when we pass them),
 #     "relative" (no absolute positions: padding side never matters), "implicit" (positions are
 #     0..L-1 whatever we pass, so encoder inputs must be right-padded).
+#   mlm_head: attribute names of a masked-LM model's head, applied in order to hidden states to get
+#     vocabulary logits (get_output_embeddings() alone is only the last projection).
 FAMILY_FACTS: dict[str, dict] = {
     "gpt2": {"kind": ModelKind.CAUSAL},
     "llama": {"kind": ModelKind.CAUSAL},
@@ -37,12 +41,13 @@ FAMILY_FACTS: dict[str, dict] = {
     "phi3": {"kind": ModelKind.CAUSAL},
     "gpt_neox": {"kind": ModelKind.CAUSAL},
     "opt": {"kind": ModelKind.CAUSAL},
-    "bert": {"kind": ModelKind.ENCODER},
-    "roberta": {"kind": ModelKind.ENCODER, "position_offset": "padding_idx+1"},
-    "xlm-roberta": {"kind": ModelKind.ENCODER, "position_offset": "padding_idx+1"},
-    "camembert": {"kind": ModelKind.ENCODER, "position_offset": "padding_idx+1"},
-    "distilbert": {"kind": ModelKind.ENCODER},
-    "electra": {"kind": ModelKind.ENCODER},
+    "bert": {"kind": ModelKind.ENCODER, "mlm_head": ("cls",)},
+    "roberta": {"kind": ModelKind.ENCODER, "position_offset": "padding_idx+1", "mlm_head": ("lm_head",)},
+    "xlm-roberta": {"kind": ModelKind.ENCODER, "position_offset": "padding_idx+1", "mlm_head": ("lm_head",)},
+    "camembert": {"kind": ModelKind.ENCODER, "position_offset": "padding_idx+1", "mlm_head": ("lm_head",)},
+    "distilbert": {"kind": ModelKind.ENCODER,
+                   "mlm_head": ("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector")},
+    "electra": {"kind": ModelKind.ENCODER, "mlm_head": ("generator_predictions", "generator_lm_head")},
     "deberta-v2": {"kind": ModelKind.ENCODER, "position_ids": "relative"},
     "t5": {"kind": ModelKind.SEQ2SEQ, "position_ids": "relative"},
     "mt5": {"kind": ModelKind.SEQ2SEQ, "position_ids": "relative"},
@@ -65,6 +70,12 @@ class ModelInfo:
     vocab_size: int
     position_offset: int
     position_ids: str  # "absolute" | "relative" | "implicit"
+    mlm_head: tuple[str, ...] | None = None  # encoders loaded with a masked-LM head: its modules, in order
+
+    @property
+    def has_mlm_head(self) -> bool:
+        """Whether word scores can be read at a mask position (an encoder loaded with its MLM head)."""
+        return self.mlm_head is not None
 
     @property
     def honours_left_padding(self) -> bool:
@@ -120,6 +131,9 @@ def describe(config, base_module, kind: ModelKind | None = None) -> ModelInfo:
     if positions is None:
         accepts = "position_ids" in inspect.signature(base_module.forward).parameters
         positions = "absolute" if accepts else "implicit"
+    mlm_head = facts.get("mlm_head") if kind is ModelKind.ENCODER else None
+    if mlm_head and not all(isinstance(getattr(base_module, name, None), nn.Module) for name in mlm_head):
+        mlm_head = None  # loaded as a bare encoder (AutoModel): no head to read words from
     return ModelInfo(
         model_type=config.model_type,
         kind=kind,
@@ -131,4 +145,5 @@ def describe(config, base_module, kind: ModelKind | None = None) -> ModelInfo:
         vocab_size=int(text_config.vocab_size),
         position_offset=int(offset),
         position_ids=positions,
+        mlm_head=tuple(mlm_head) if mlm_head else None,
     )

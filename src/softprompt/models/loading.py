@@ -154,6 +154,33 @@ _AUTO_CLASSES = {
 }
 
 
+_MLM_ARCHITECTURES = ("ForMaskedLM", "ForPreTraining")
+
+
+def has_mlm_checkpoint(config) -> bool:
+    """Whether an encoder checkpoint says it was saved with a masked-LM head (its architectures)."""
+    return any(str(a).endswith(_MLM_ARCHITECTURES) for a in (getattr(config, "architectures", None) or []))
+
+
+def _load_masked_lm(path: str, dtype, name: str):
+    """The encoder with its masked-LM head, or None (with a warning) when the checkpoint lacks the
+    head's weights: a randomly initialised head would score label words by noise."""
+    import warnings
+
+    from transformers import AutoModelForMaskedLM
+
+    model, info = AutoModelForMaskedLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
+    prefix = getattr(model, "base_model_prefix", "")
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith(prefix + ".")
+               and not k.endswith("decoder.weight")]  # the decoder is tied to the input embeddings
+    if missing:
+        warnings.warn(f"{name}: the checkpoint has no weights for the masked-LM head ({missing[0]}, ...); "
+                      "loading the bare encoder (verbalizer scoring is unavailable, a linear head works)",
+                      stacklevel=3)
+        return None
+    return model
+
+
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     """Put a model in eval mode with no parameter requiring gradients."""
     model.eval()
@@ -203,7 +230,11 @@ def load_base(
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     auto_class = getattr(transformers, _AUTO_CLASSES[model_kind])
     try:
-        model = auto_class.from_pretrained(path, dtype=torch_dtype or torch.float32)
+        model = None
+        if model_kind is ModelKind.ENCODER and has_mlm_checkpoint(config):
+            model = _load_masked_lm(path, torch_dtype or torch.float32, name_or_path)
+        if model is None:
+            model = auto_class.from_pretrained(path, dtype=torch_dtype or torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None

@@ -83,9 +83,10 @@ class ClassificationConfig:
             raise ConfigError(f"task.max_length={self.max_length!r} must be a whole number >= 8")
 
 
-def chat_wrapped(template, tokenizer, kind: ModelKind):
+def chat_wrapped(template, tokenizer, kind: ModelKind, history: Sequence[Mapping[str, str]] = ()):
     """The template with everything before {mask} as a user turn of the model's chat template and
-    the answer slot where the assistant's reply starts."""
+    the answer slot where the assistant's reply starts; history (earlier user/assistant messages,
+    e.g. few-shot demonstrations) goes before that turn."""
     from ..templates import Literal, Mask, Template
 
     if kind is not ModelKind.CAUSAL:
@@ -95,8 +96,8 @@ def chat_wrapped(template, tokenizer, kind: ModelKind):
     if not template.has_mask:
         raise ConfigError(f"task.chat=true needs {{mask}} in the template {template.source!r}")
     marker = "\u2063softprompt\u2063"
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=True,
-                                             tokenize=False)
+    rendered = tokenizer.apply_chat_template([*history, {"role": "user", "content": marker}],
+                                             add_generation_prompt=True, tokenize=False)
     if rendered.count(marker) != 1:
         raise ConfigError("task.chat=true: the tokenizer's chat template does not place the user message once")
     before, after = rendered.split(marker)
@@ -123,7 +124,10 @@ class ClassificationTask(nn.Module):
 
     kind = "classification"
 
-    def __init__(self, config: ClassificationConfig, base, labels: Sequence[str], n_prefix: int = 0):
+    def __init__(self, config: ClassificationConfig, base, labels: Sequence[str], n_prefix: int = 0,
+                 demonstrations: Sequence = ()):
+        """demonstrations: labelled examples shown before each input (in-context few-shot), written
+        through the same template with their label's first word in the answer slot."""
         super().__init__()
         self.config = config
         self.info = base.info
@@ -133,18 +137,36 @@ class ClassificationTask(nn.Module):
             raise ConfigError(f"a classification task needs at least two labels, got {self.labels}")
         self.label_index = {label: i for i, label in enumerate(self.labels)}
         self.n_prefix = n_prefix
-        head = config.head
-        if head is HeadKind.AUTO:
-            head = HeadKind.LINEAR if base.info.kind is ModelKind.ENCODER else HeadKind.VERBALIZER
-        if head is HeadKind.VERBALIZER and base.info.kind is ModelKind.ENCODER:
-            raise ConfigError(
-                "task.head='verbalizer' on an encoder needs a masked-LM head, which this release does not load; "
-                "use head='linear'"
-            )
-        self.head_kind = head
         template = config.template or DEFAULT_TEMPLATES[(base.info.kind, config.pair)]
         self.template = parse_template(template)
-        if config.chat:
+        encoder = base.info.kind is ModelKind.ENCODER
+        head = config.head
+        if head is HeadKind.AUTO:
+            # An encoder reads label words at {mask} when it has a masked-LM head to read them with.
+            masked = encoder and base.info.has_mlm_head and self.template.has_mask
+            head = HeadKind.LINEAR if encoder and not masked else HeadKind.VERBALIZER
+        if head is HeadKind.VERBALIZER and encoder:
+            if not base.info.has_mlm_head:
+                raise ConfigError(
+                    f"task.head='verbalizer' on the encoder {base.name!r} needs a masked-LM head, and this "
+                    "checkpoint has none (its architectures do not include *ForMaskedLM; sentence-embedding "
+                    "models such as minilm-l6 ship without one): use task.head='linear', or a checkpoint "
+                    "saved with its MLM head (e.g. bert-base-uncased)"
+                )
+            if not self.template.has_mask:
+                raise ConfigError(
+                    f"template {template!r} needs an answer slot {{mask}} for a verbalizer on a masked LM, "
+                    "e.g. '{text} It was {mask}.'"
+                )
+            if self.tokenizer.mask_token_id is None:
+                raise ConfigError(f"the tokenizer of {base.name!r} has no mask token to write at {{mask}}")
+        self.head_kind = head
+        self.demonstrations: list = []
+        if demonstrations:
+            self.template, self.demonstrations = with_demonstrations(
+                self.template, demonstrations, config, self.tokenizer, base.info.kind, self._first_words(labels)
+            )
+        elif config.chat:
             self.template = chat_wrapped(self.template, self.tokenizer, base.info.kind)
         if head is HeadKind.VERBALIZER and base.info.kind is ModelKind.CAUSAL and not self.template.has_mask:
             raise ConfigError(f"template {template!r} needs an answer slot {{mask}} for a verbalizer on a causal LM")
@@ -168,6 +190,10 @@ class ClassificationTask(nn.Module):
         else:
             self.head = None
             self.word_tokens = [[self._word_ids(w) for w in self.verbalizer[label]] for label in self.labels]
+
+    def _first_words(self, labels: Sequence[str]) -> dict[str, str]:
+        verbalizer = self.config.verbalizer or {}
+        return {label: verbalizer.get(label, [label])[0] for label in labels}
 
     # ---- examples to rows -------------------------------------------------------------------
     def _word_ids(self, word: str) -> list[int]:
@@ -202,6 +228,8 @@ class ClassificationTask(nn.Module):
             row = self.renderer.render(values, self.n_prefix, where=where)
             targets = [[[(0, t, j) for j, t in enumerate(ids)] for ids in words] for words in self.word_tokens]
             return Item([row.ids], label, targets)
+        if self.info.kind is ModelKind.ENCODER:
+            return self._prepare_masked(values, label, where)
         longest = max(len(ids) for words in self.word_tokens for ids in words)
         prefix = self.renderer.render(values, self.n_prefix, reserve=longest - 1, where=where).ids
         rows: list[tuple[int, ...]] = []
@@ -215,6 +243,24 @@ class ClassificationTask(nn.Module):
                 r = rows.index(row)
                 # token j is predicted by the hidden state at len(prefix) - 1 + j
                 per_word.append([(r, t, len(row) - len(prefix) - j) for j, t in enumerate(ids)])
+            targets.append(per_word)
+        return Item(rows, label, targets)
+
+    def _prepare_masked(self, values, label, where) -> Item:
+        """A masked LM scores a word of n tokens with n mask tokens at the slot (one row per length)."""
+        longest = max(len(ids) for words in self.word_tokens for ids in words)
+        row = self.renderer.render(values, self.n_prefix, reserve=longest - 1, where=where)
+        ids, at, mask_id = row.ids, row.mask_index, self.tokenizer.mask_token_id
+        rows: list[tuple[int, ...]] = []
+        targets = []
+        for words in self.word_tokens:
+            per_word = []
+            for word in words:
+                masked = ids[:at] + (mask_id,) * len(word) + ids[at + 1:]
+                if masked not in rows:
+                    rows.append(masked)
+                # token j is predicted at the j-th mask: position at + j from the row's first entry
+                per_word.append([(rows.index(masked), t, at + j) for j, t in enumerate(word)])
             targets.append(per_word)
         return Item(rows, label, targets)
 
@@ -256,6 +302,9 @@ class ClassificationTask(nn.Module):
         return scores
 
     def _causal_logits(self, pm, hidden, batch, items, row_index):
+        """Word scores read where the words are predicted: after the prompt (causal LM) or at the
+        mask tokens (masked LM)."""
+        masked = self.info.kind is ModelKind.ENCODER
         positions: list[tuple[int, int]] = []
         tokens: list[int] = []
         spans = []
@@ -265,9 +314,12 @@ class ClassificationTask(nn.Module):
                 per_word = []
                 for word in words:
                     lo = len(tokens)
-                    for r, token, back in word:
+                    for r, token, where in word:
                         batch_row = rows[r]
-                        positions.append((batch_row, int(batch.last_index[batch_row]) - back))
+                        if masked:  # where: from the row's first entry
+                            positions.append((batch_row, int(batch.first_index[batch_row]) + where))
+                        else:  # where: tokens back from the row's last entry
+                            positions.append((batch_row, int(batch.last_index[batch_row]) - where))
                         tokens.append(token)
                     per_word.append((lo, len(tokens)))
                 per_label.append(per_word)
@@ -346,3 +398,45 @@ class ClassificationTask(nn.Module):
     def load_export(self, tensors: Mapping[str, torch.Tensor]) -> None:
         if self.head is not None:
             self.head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
+
+
+def with_demonstrations(template, demonstrations: Sequence, config: ClassificationConfig, tokenizer,
+                        kind: ModelKind, words: Mapping[str, str]):
+    """(template with the demonstrations before the input, the demonstrations kept).
+
+    Each demonstration is the template filled with its fields and its label's first word. Plain
+    models get them as text before the input, one blank line apart; with task.chat, each becomes a
+    user turn and an assistant reply. Demonstrations are dropped from the end until they take at
+    most half of max_length (at most max_length - 128 tokens when that is more), so the input has room.
+    """
+    from ..templates import Literal, filled_text
+
+    if not template.has_mask:
+        raise ConfigError(f"template {template.source!r} needs an answer slot {{mask}} for demonstrations")
+    budget = max(config.max_length // 2, config.max_length - 128)
+    kept = list(demonstrations)
+    while kept:
+        turns = []
+        for example in kept:
+            if example.label is None or example.label not in words:
+                raise DataError(f"{example.source or 'demonstration'}: demonstration label {example.label!r} "
+                                f"is not one of the task's labels ({', '.join(words)})")
+            values = dict(example.fields) if getattr(example, "fields", None) else {}
+            values.setdefault("text", example.text)
+            if example.text_b is not None:
+                values.setdefault("text_b", example.text_b)
+            turns.append(filled_text(template, values, words[example.label], tokenizer))
+        if config.chat:
+            history = []
+            for before, answer in turns:
+                history += [{"role": "user", "content": before.rstrip()}, {"role": "assistant", "content": answer.strip()}]
+            wrapped = chat_wrapped(template, tokenizer, kind, history)
+            size = len(tokenizer(wrapped.parts[0].text, add_special_tokens=False).input_ids)
+        else:
+            block = "".join(before + answer + "\n\n" for before, answer in turns)
+            wrapped = type(template)(f"demos+{template.source}", (Literal(block), *template.parts))
+            size = len(tokenizer(block, add_special_tokens=False).input_ids)
+        if size <= budget:
+            return wrapped, kept
+        kept.pop()
+    return (chat_wrapped(template, tokenizer, kind) if config.chat else template), kept

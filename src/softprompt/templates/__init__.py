@@ -1,6 +1,7 @@
 """The template grammar shared by hard prompts and P-tuning: fields, answer slot, virtual tokens, text."""
 
 from .grammar import Field, Literal, Mask, Special, Template, TemplateError, Virtual, parse_template
+from .demos import filled_text
 from .render import RenderedRow, TemplateRenderer
 
 __all__ = [
@@ -13,5 +14,6 @@ __all__ = [
     "TemplateError",
     "TemplateRenderer",
     "Virtual",
+    "filled_text",
     "parse_template",
 ]

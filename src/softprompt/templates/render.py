@@ -11,6 +11,9 @@ from ..models import ModelKind
 from .grammar import Field, Literal, Mask, Template
 
 
+_SPACES = " \t"
+
+
 @dataclass(frozen=True)
 class RenderedRow:
     """One example as model input: ids (virtual slots negative) and where the answer goes."""
@@ -80,11 +83,25 @@ class TemplateRenderer:
         if pieces and pieces[-1][0] == "mask" and self.kind is not ModelKind.ENCODER:
             pieces.pop()
             if pieces and pieces[-1][0] == "text":
-                stripped = pieces[-1][1].rstrip()
+                # Spaces before {mask} become the word's leading space (" positive" is one token);
+                # a line break stays in the prompt, as in a chat template's "assistant\n".
+                stripped = pieces[-1][1].rstrip(_SPACES)
                 answer_space = stripped != pieces[-1][1]
                 pieces[-1] = ("text", stripped)
                 if not stripped:
                     pieces.pop()
+        elif self.kind is ModelKind.ENCODER:
+            # The mask token stands for the word and the space before it ("It was {mask}."): a
+            # byte-level BPE would otherwise spend a lone-space token there, and the label words get
+            # their leading space (" great") as they would have in running text.
+            at = next((i for i, (kind, _) in enumerate(pieces) if kind == "mask"), None)
+            if at and pieces[at - 1][0] == "text":
+                stripped = pieces[at - 1][1].rstrip(_SPACES)
+                answer_space = stripped != pieces[at - 1][1]
+                if stripped:
+                    pieces[at - 1] = ("text", stripped)
+                else:
+                    pieces.pop(at - 1)
         ids: list[int] = list(self.lead) + [virtual(k) for k in range(n_prefix)]
         mask_index = None
         k = n_prefix
