@@ -1,0 +1,199 @@
+"""Prompt transfer on smollm2-135m (issue 5, item 9, reduced): one command from data to tables.
+
+1. seeded splits (MR, CR, SUBJ have no split; TREC and RTE dev come from their train files when
+   asked), written as JSONL under --work
+2. a source prompt per task (SST-2, MR, CR, SUBJ, TREC, RTE), stored in a prompt library
+3. the transfer matrix: each source applied zero-shot to each target (target's template and words),
+   relative to the target's own prompt; CSV and heatmap
+4. retrieval rankings per target: TPT zero-shot score and SPoT task embedding (short target run)
+5. few-shot targets (default MR and CR) at 16 and 32 shots, seeds 0..2: random init, vocab init,
+   SPoT best-of-top-k, weighted average and multitask mixture (sources: the other tasks); mean, std
+   and the convergence history of every run
+
+    OMP_NUM_THREADS=1 taskset -c 1 python bench/transfer_experiment.py --out bench/results/transfer_experiment.json
+    python bench/transfer_experiment.py --smoke   # minutes: tiny budgets, checks the pipeline end to end
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, machine
+
+SC = SHARED / "sentence-classification"
+SENTIMENT = {"0": "negative", "1": "positive"}
+TASKS = {
+    "sst2": {"train": (SC / "stsa.binary.train", "label-first"), "dev": (SC / "stsa.binary.dev", "label-first"),
+                 "template": "Review: {text}\nSentiment: {mask}", "words": SENTIMENT},
+    "mr": {"train": (SC / "rt-polarity.all", "label-first"), "template": "Review: {text}\nSentiment: {mask}",
+               "words": SENTIMENT},
+    "cr": {"train": (SC / "custrev.all", "label-first"), "template": "Review: {text}\nSentiment: {mask}",
+               "words": SENTIMENT},
+    "subj": {"train": (SC / "subj.all", "label-first"), "template": "Text: {text}\nKind: {mask}",
+                 "words": {"0": "subjective", "1": "objective"}},
+    "trec": {"train": (SC / "TREC.train.all", "label-first"), "template": "Question: {text}\nAnswer type: {mask}",
+                 "words": {"0": "description", "1": "entity", "2": "abbreviation", "3": "person", "4": "location",
+                        "5": "number"}},
+    "rte": {"train": (SHARED / "rte" / "train.tsv", "glue-tsv"), "dev": (SHARED / "rte" / "dev.tsv", "glue-tsv"),
+                "template": "Premise: {text}\nHypothesis: {text_b}\nEntailed: {mask}",
+                "words": {"entailment": "yes", "not_entailment": "no"}, "pair": True},
+}
+
+
+def prepare_data(work: Path, n_dev: int, seed: int = 0) -> dict[str, dict[str, str]]:
+    """train/dev JSONL per task: seeded stratified splits where a task has no dev file; dev capped at n_dev."""
+    from softprompt.tasks.readers import read_examples, split_examples
+
+    out = {}
+    for name, spec in TASKS.items():
+        path, fmt = spec["train"]
+        kw = {"text_field": "sentence1", "text_b_field": "sentence2"} if fmt == "glue-tsv" else {}
+        train = read_examples(path, format=fmt, skip_empty=True, **kw)
+        if "dev" in spec:
+            dev = read_examples(spec["dev"][0], format=spec["dev"][1], skip_empty=True, **kw)
+        else:
+            train, dev = split_examples(train, 0.1, seed)
+        if len(dev) > n_dev:
+            _, dev = split_examples(dev, n_dev / len(dev), seed)
+        files = {}
+        for split, rows in (("train", train), ("dev", dev)):
+            f = work / "data" / f"{name}.{split}.jsonl"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            with f.open("w") as h:
+                for e in rows:
+                    h.write(json.dumps({"text": e.text, "text_b": e.text_b, "label": e.label}) + "\n")
+            files[split] = str(f)
+        out[name] = files
+    return out
+
+
+def config(name: str, files: dict, a, *, out: Path, steps: int, method: dict | None = None, k_shot=None, seed=0):
+    spec, files = TASKS[name], files[name]
+    task = {"kind": "classification", "template": spec["template"], "verbalizer": spec["words"],
+            "labels": list(spec["words"]), "pair": bool(spec.get("pair")), "max_length": 160}
+    return {
+        "name": name, "model": {"name": a.model, "device": "cpu"}, "task": task,
+        "method": method or {"name": "prompt_tuning", "num_virtual_tokens": a.tokens, "init": "vocab", "seed": seed},
+        "data": {"train": files["train"], "dev": files["dev"], "k_shot": k_shot,
+                 "text_b_field": "text_b" if spec.get("pair") else None, "max_train": a.max_train},
+        "training": {"steps": steps, "batch_size": a.batch, "lr": a.lr, "eval_every": max(1, steps // 4),
+                     "log_every": max(1, steps // 4), "seed": seed, "warmup": 0.0},
+        "output": str(out),
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--work", type=Path, default=Path("runs/transfer_experiment"))
+    p.add_argument("--out", type=Path, default=Path("bench/results/transfer_experiment.json"))
+    p.add_argument("--sources", default="sst2,mr,cr,subj,trec,rte")
+    p.add_argument("--targets", default="mr,cr")
+    p.add_argument("--shots", default="16,32")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--tokens", type=int, default=10)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.03)
+    p.add_argument("--source-steps", type=int, default=150)
+    p.add_argument("--target-steps", type=int, default=60)
+    p.add_argument("--probe-steps", type=int, default=10, help="SPoT task embedding and best-of-top-k runs")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--n-dev", type=int, default=200)
+    p.add_argument("--max-train", type=int, default=None)
+    p.add_argument("--smoke", action="store_true", help="tiny budgets: check the pipeline only")
+    a = p.parse_args()
+    if a.smoke:
+        a.source_steps, a.target_steps, a.probe_steps, a.n_dev, a.seeds, a.shots = 4, 4, 2, 24, "0", "16"
+        a.max_train, a.tokens, a.top_k = 200, 4, 2
+    from softprompt import api
+    from softprompt.library import Library
+    from softprompt.transfer import (
+        best_of_top_k,
+        heatmap,
+        init_overrides,
+        multitask_mixture,
+        rank_by_zero_shot,
+        rank_sources,
+        weighted_average_init,
+        zero_shot,
+    )
+
+    started = time.time()
+    base = api.load_model({"name": a.model, "device": "cpu"})
+    files = prepare_data(a.work, a.n_dev)
+    sources = a.sources.split(",")
+    lib = Library(a.work / "library")
+    quiet = {"progress": False, "log": lambda _: None}
+    result = {"machine": machine(), "args": {k: str(v) for k, v in vars(a).items()}, "sources": {}}
+    paths = {}
+    for name in sources:  # 2. source prompts
+        run = api.train(config(name, files, a, out=a.work / "sources" / name, steps=a.source_steps), base=base, **quiet)
+        paths[name] = run.artifact
+        lib.add(run.artifact, name, task=name, description="transfer experiment source")
+        result["sources"][name] = {"dev_accuracy": run.metrics["dev"]["accuracy"], "train_seconds": run.train_seconds}
+        print(f"source {name}: dev accuracy {run.metrics['dev']['accuracy']:.4f} ({run.train_seconds:.0f} s)", flush=True)
+    # 3. transfer matrix: zero-shot accuracy of source s on target t, relative to t's own prompt
+    import numpy as np
+
+    matrix = np.zeros((len(sources), len(sources)))
+    for i, s in enumerate(sources):
+        for j, t in enumerate(sources):
+            c = config(t, files, a, out=a.work / "unused", steps=1)
+            score = zero_shot(paths[s], files[t]["dev"], base=base, target_task=c["task"],
+                              text_b_field=c["data"]["text_b_field"])["accuracy"]
+            matrix[i, j] = score / result["sources"][t]["dev_accuracy"]
+    result["transfer_matrix"] = {"rows_source": sources, "cols_target": sources, "relative": matrix.round(4).tolist()}
+    png = heatmap(matrix, sources, sources, a.out.with_name(a.out.stem + "_matrix.png"),
+                  "zero-shot transfer, relative to the target's own prompt", xlabel="target", ylabel="source")
+    print(f"transfer matrix -> {png}", flush=True)
+    # 4. retrieval rankings and 5. few-shot targets
+    result["rankings"], result["few_shot"] = {}, {}
+    for target in a.targets.split(","):
+        others = {s: paths[s] for s in sources if s != target}
+        tc = config(target, files, a, out=a.work / "probe" / target, steps=a.probe_steps, k_shot=int(a.shots.split(",")[-1]))
+        by_zero = rank_by_zero_shot(others, tc, base=base)
+        by_spot = rank_sources(tc, others, by="spot", base=base, steps=a.probe_steps, output=a.work / "embed" / target)
+        result["rankings"][target] = {"zero_shot": [(r.name, round(r.score, 4)) for r in by_zero],
+                                      "spot": [(r.name, round(r.score, 4)) for r in by_spot]}
+        print(f"{target}: zero-shot ranking {result['rankings'][target]['zero_shot']}", flush=True)
+        print(f"{target}: spot ranking {result['rankings'][target]['spot']}", flush=True)
+        top = by_spot[: a.top_k]
+        mix = multitask_mixture([config(r.name, files, a, out=a.work / "unused", steps=1) for r in top],
+                                steps=a.source_steps, base=base, output=a.work / "mixture" / target,
+                                num_virtual_tokens=a.tokens, batch_size=a.batch, lr=a.lr, log=lambda _: None)
+        for shots in map(int, a.shots.split(",")):
+            rows = {}
+            for seed in map(int, a.seeds.split(",")):
+                tc_seed = config(target, files, a, out=a.work / "unused", steps=a.probe_steps, k_shot=shots, seed=seed)
+                best = best_of_top_k(tc_seed, [r.path for r in top], steps=a.probe_steps, base=base,
+                                     output=a.work / "best" / f"{target}-{shots}-{seed}", log=lambda _: None)
+                inits = {"random": ["method.init=random"], "vocab": ["method.init=vocab"],
+                         "spot_best_of_k": best.overrides,
+                         "spot_average": weighted_average_init([(r.path, r.score) for r in top]),
+                         "spot_mixture": init_overrides([mix])}
+                for kind, overrides in inits.items():
+                    c = config(target, files, a, out=a.work / "few" / f"{target}-{shots}-{seed}-{kind}",
+                               steps=a.target_steps, k_shot=shots, seed=seed)
+                    r = api.train(c, overrides, base=base, **quiet)
+                    rows.setdefault(kind, []).append({"seed": seed, "accuracy": r.metrics["dev"]["accuracy"],
+                                                      "history": r.history})
+                    print(f"{target} {shots}-shot seed {seed} {kind}: {r.metrics['dev']['accuracy']:.4f}", flush=True)
+            result["few_shot"][f"{target}-{shots}"] = {
+                kind: {"mean": statistics.mean(x["accuracy"] for x in v),
+                       "std": statistics.pstdev(x["accuracy"] for x in v), "runs": v} for kind, v in rows.items()}
+    result["wall_seconds"] = round(time.time() - started)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1))
+    for key, kinds in result["few_shot"].items():
+        print(key + ": " + ", ".join(f"{k} {v['mean']:.4f}+-{v['std']:.4f}" for k, v in kinds.items()))
+    print(f"wrote {a.out} in {result['wall_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
