@@ -1,8 +1,11 @@
-"""Classification of single texts and text pairs: by verbalizer (causal LM, encoder-decoder) or head.
+"""Classification of single texts and text pairs: by verbalizer (causal LM, encoder-decoder, masked
+LM) or head.
 
 A verbalizer maps each label to one or more words; a label's score is the log-probability the
-model gives its words where the answer slot is (several tokens per word handled). An encoder gets a
-linear head on a pooled state instead (the head is trained with the prompt; the base stays frozen).
+model gives its words where the answer slot is (several tokens per word handled): after the prompt
+for a causal LM, from the decoder for an encoder-decoder, at mask tokens written at {mask} for an
+encoder loaded with its masked-LM head. Other encoders get a linear head on a pooled state (the
+head is trained with the prompt; the base stays frozen).
 """
 
 from __future__ import annotations
