@@ -76,6 +76,8 @@ def zero_shot(source: str | Path | PromptArtifact, data: str | Path, *, base=Non
     loaded = api.load_prompt(artifact, base, key="transfer")
     fields = api._data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field,
                                  label_field=label_field)
+    if target_task is not None:  # the target's fields, not the source's: a pair source must not ask for text_b
+        fields.text_b_field = text_b_field
     return evaluate_examples(loaded, api.read_split(str(data), fields, limit=limit), batch_size)
 
 
