@@ -107,3 +107,29 @@ def test_skip_empty_lets_a_file_with_label_only_lines_train(tmp_path):
         api.train(config, progress=False, log=lambda s: None)
     result = api.train(config, ["data.skip_empty=true"], progress=False, log=lambda s: None)
     assert result.artifact.exists()
+
+
+@pytest.mark.parametrize("family,method", [("gpt2", None), ("bert", {"name": "ptuning_v2", "prefix_length": 3}),
+                                           ("llama", {"name": "prefix_tuning", "prefix_length": 3, "hidden": 8})])
+def test_gradient_checkpointing_trains_the_same_prompt_with_dropout_off(tmp_path, family, method):
+    config = run_config(tmp_path, family, steps=4, eval_every=4)
+    if method:
+        config["method"] = method
+    base = api.load_model(config["model"])  # the copy api.train uses
+    dropout = [m for m in base.model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    results, active = [], []
+
+    def during(step):  # which layers checkpoint while training runs
+        active.append(sum(getattr(m, "gradient_checkpointing", False) is True and m.training
+                          for m in base.model.modules()))
+
+    for checkpointing in (False, True):
+        out = ["output=" + str(tmp_path / f"gc{checkpointing}"), f"training.gradient_checkpointing={checkpointing}"]
+        result = api.train(config, out, progress=False, log=lambda s: None, on_step=during)
+        results.append(PromptArtifact.load(result.artifact))
+        assert not base.model.training and not any(m.training for m in base.model.modules())
+    plain, checkpointed = (r.tensors for r in results)
+    for k in plain:
+        assert torch.allclose(plain[k], checkpointed[k], atol=1e-5), k
+    assert active[:4] == [0] * 4 and min(active[4:]) >= 2  # two tiny layers checkpointed in the second run
+    assert dropout or family == "llama"  # the tiny GPT-2/BERT carry dropout that must stay off

@@ -180,6 +180,7 @@ class TrainingConfig:
     padding_side: str = "left"
     group_by_length: bool = False  # batch rows of similar length (less padding, but noisier early steps)
     micro_batch_tokens: int = 768  # padded tokens per forward pass; larger batches accumulate gradients
+    gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, ~30% slower
     log_every: int = 10
 
     def __post_init__(self):

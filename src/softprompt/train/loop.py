@@ -110,6 +110,32 @@ def _plot(history: list[dict], path: Path, metric: str) -> None:
     plt.close(fig)
 
 
+def set_checkpointing(model: torch.nn.Module, enable: bool) -> None:
+    """Recompute each layer's activations in the backward pass instead of storing them.
+
+    transformers checkpoints a layer only when that layer module is in training mode, and training
+    mode on the whole model would switch its dropout on. So the model stays in eval mode and only
+    the modules that carry the checkpointing flag (the layers, not their dropout or attention
+    children) are marked as training: a frozen base computes exactly what it computes without it.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"training.gradient_checkpointing: {type(model).__name__} does not support it")
+    if enable:
+        kwargs = {"use_reentrant": False}  # reentrant checkpoints would drop gradients of prefixes held outside
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+    model.eval()
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False) is True:
+            module.training = enable
+
+
 def fit(
     pm: PromptedModel,
     unit: TaskPrompt,
@@ -157,6 +183,8 @@ def fit(
     stopped_early = False
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
     unit.train()
+    if config.gradient_checkpointing:
+        set_checkpointing(pm.model, True)
     try:
         while step < config.steps:
             idx = batch_order(len(train_items), config.batch_size, step, config.seed,
@@ -225,6 +253,8 @@ def fit(
         raise
     finally:
         bar.close()
+        if config.gradient_checkpointing:
+            set_checkpointing(pm.model, False)
         if writer:
             writer.close()
     elapsed = time.perf_counter() - started - eval_seconds
