@@ -118,3 +118,17 @@ def test_gradient_checkpointing_gives_the_same_prefix_gradients(family):
         grads.append(deep[stack].grad.clone())
     assert pm.model.is_gradient_checkpointing
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert", "t5"])
+def test_a_new_wrapper_without_prefixes_is_not_touched_by_an_earlier_prefixed_batch(family):
+    """Prefix state lives on the shared base model; a later batch without prefixes, through another
+    PromptedModel over the same model, must see none of the earlier batch's prefixes."""
+    base = tiny_base(family)
+    first, second = PromptedModel(base), PromptedModel(base)
+    rows = _rows(base, ["a warm and funny film", "boring", "great"], [0, 0, 0])
+    clean = _outputs(second, rows, [None] * 3, {}, "right")
+    _outputs(first, rows[:2], ["deep", "deep"], {"deep": PromptTensors(deep=_deep(first, 3, 0))}, "right")
+    again = _outputs(second, rows, [None] * 3, {}, "right")
+    for a, b in zip(clean, again):
+        assert torch.allclose(a, b, atol=ATOL)

@@ -71,3 +71,36 @@ def test_generation_on_an_encoder_fails_at_configuration(tmp_path):
     config = _config(tmp_path, "bert", "prompt_tuning")
     with pytest.raises(ConfigError, match="needs a causal LM or an encoder-decoder"):
         api.train(config, progress=False, log=lambda s: None)
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_mixed_method_generation_and_classification_rows_match_each_alone(tmp_path, family):
+    """One predict_mixed call serving a prompt-tuning and a prefix-tuning generation prompt and a
+    classification prompt gives every row what that prompt gives alone."""
+    import softprompt
+
+    artifacts = {}
+    for method in ("prompt_tuning", "prefix_tuning"):
+        config = _config(tmp_path, family, method)
+        config["training"]["steps"] = 4
+        artifacts[method] = api.train(config, progress=False, log=lambda s: None).artifact
+    classify = _config(tmp_path, family, "prompt_tuning")
+    classify["task"] = {"kind": "classification", "verbalizer": {"great cast": "great", "awful and bad": "awful",
+                                                                  "a great film": "film", "boring and slow": "slow"}}
+    if family == "llama":
+        classify["task"]["template"] = "review : {text} sentiment : {mask}"
+    classify["training"]["steps"] = 2
+    classify["output"] += "-classify"
+    artifacts["classify"] = api.train(classify, progress=False, log=lambda s: None).artifact
+    base = api.load_model(str(tmp_path / f"tiny-{family}"))
+    prompts = {name: api.load_prompt(path, base) for name, path in artifacts.items()}
+    texts = ["good film", "dull plot", "bad film", "good film dull plot"]
+    requests = [("prompt_tuning", texts[0]), ("prefix_tuning", texts[1]), ("classify", texts[2]),
+                ("prefix_tuning", texts[3]), ("prompt_tuning", texts[1]), ("classify", texts[0])]
+    mixed = softprompt.predict_mixed(prompts, requests)
+    for (name, text), got in zip(requests, mixed):
+        (alone,) = softprompt.predict(prompts[name], [text])
+        assert got.label == alone.label, (name, text)
+        for label, p in got.probabilities.items():
+            assert abs(p - alone.probabilities[label]) < 1e-5
+    assert any(m.probabilities == {} and m.label for m in mixed)  # generation rows carry text

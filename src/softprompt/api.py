@@ -24,7 +24,7 @@ from .tasks.classification import ClassificationConfig, ClassificationTask
 from .tasks.conll import TokenExample, read_token_examples
 from .tasks.metrics import format_report
 from .tasks.readers import Example, read_examples, sample_k_per_class, split_examples
-from .tasks.runner import Prepared, TaskPrompt, predict_logits
+from .tasks.runner import Prepared, TaskPrompt, generate_texts, predict_logits
 from .tasks.generation import GenerationConfig, GenerationTask
 from .tasks.token_labelling import TokenLabellingConfig, TokenLabellingTask
 
@@ -377,7 +377,9 @@ def _predict_tags(loaded: LoadedPrompt, inputs, batch_size: int) -> list[Predict
 def predict_mixed(prompts: Mapping[str, LoadedPrompt], requests: Sequence[tuple[str, str | Example]], *,
                   batch_size: int = 32) -> list[Prediction]:
     """Predictions for requests that each name their task, served from one base model in shared
-    batches: row i of a batch may use one prompt and row j another."""
+    batches: row i of a batch may use one prompt (and method) and row j another. Classification
+    rows get labels and probabilities, token-labelling rows tags, generation rows generated text
+    (decoded together, each row with its own prompt)."""
     if not prompts:
         raise ConfigError("predict_mixed needs at least one loaded prompt")
     bases = {id(p.base) for p in prompts.values()}
@@ -388,20 +390,39 @@ def predict_mixed(prompts: Mapping[str, LoadedPrompt], requests: Sequence[tuple[
     for i, (name, value) in enumerate(requests):
         if name not in units:
             raise DataError(f"request {i + 1}: unknown task {name!r} (tasks: {', '.join(units)})")
-        example = value if isinstance(value, Example) else Example(text=str(value), source=f"request {i + 1}")
-        if not example.text.strip():
-            raise DataError(f"request {i + 1}: empty text")
-        example = Example(example.text, example.text_b, None, example.source, example.fields)
+        source = f"request {i + 1}"
+        if units[name].task.kind == "token_labelling":
+            text = value.text if isinstance(value, Example) else str(value)
+            if not text.split():
+                raise DataError(f"{source}: empty text")
+            example = TokenExample(tuple(text.split()), None, source)
+        else:
+            example = value if isinstance(value, Example) else Example(text=str(value), source=source)
+            if not example.text.strip():
+                raise DataError(f"{source}: empty text")
+            example = Example(example.text, example.text_b, None, example.source, example.fields)
         examples.append(example)
         prepared.append(Prepared(name, units[name].task.prepare(example)))
     pm = PromptedModel(next(iter(prompts.values())).base)
-    logits = predict_logits(pm, units, prepared, batch_size)
-    out = []
-    for (name, _), example, value in zip(requests, examples, logits):
+    kinds = [units[name].task.kind for name, _ in requests]
+    out: list[Prediction | None] = [None] * len(requests)
+    generated = [i for i, kind in enumerate(kinds) if kind == "generation"]
+    if generated:
+        texts = generate_texts(pm, units, [prepared[i] for i in generated], batch_size)
+        for i, text in zip(generated, texts):
+            out[i] = Prediction(text, {}, examples[i].text, examples[i].source)
+    scored = [i for i, kind in enumerate(kinds) if kind != "generation"]
+    logits = predict_logits(pm, units, [prepared[i] for i in scored], batch_size) if scored else []
+    for i, value in zip(scored, logits):
+        name, example = requests[i][0], examples[i]
+        if kinds[i] == "token_labelling":
+            tags = units[name].task.decode(value, prepared[i].item)
+            out[i] = Prediction(" ".join(tags), {}, " ".join(example.tokens), example.source, tags)
+            continue
         labels = prompts[name].labels
         probs = torch.softmax(value, -1).tolist()
         best = max(range(len(probs)), key=probs.__getitem__)
-        out.append(Prediction(labels[best], dict(zip(labels, probs)), example.text, example.source))
+        out[i] = Prediction(labels[best], dict(zip(labels, probs)), example.text, example.source)
     return out
 
 

@@ -149,7 +149,9 @@ class PromptedModel(nn.Module):
 
     def _activate(self, deep: DeepBatch | None) -> None:
         self._batch_deep = deep
-        if deep is not None or self._deep_support is not None:
+        # The support lives on the model, shared by every PromptedModel over it: a batch without
+        # prefixes must clear what another wrapper's last batch left there.
+        if deep is not None or getattr(self.model, "_softprompt_deep", None) is not None:
             self.deep_support().active_deep = deep
 
     def encode(self, batch: PromptBatch, prompts: Mapping[str, PromptLike]) -> torch.Tensor:

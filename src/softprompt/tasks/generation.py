@@ -119,24 +119,12 @@ class GenerationTask(nn.Module):
         return -torch.cat(list(outputs)).sum()
 
     # ---- generation and its scores ---------------------------------------------------------------
-    @torch.no_grad()
     def generate(self, pm, unit, prefixes: Sequence[tuple[int, ...]], batch_size: int = 16) -> list[str]:
         """Greedy outputs for input rows, decoded to text (batched by length)."""
-        order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
-        texts: list[str] = [""] * len(prefixes)
-        prompts = unit.input_prompts(unit.key)
-        from tqdm.auto import tqdm
+        from .runner import Prepared, generate_texts
 
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="generate", unit="batch", leave=False, disable=None if len(starts) > 1 else True):
-            chunk = order[start : start + batch_size]
-            batch = pm.collate([list(prefixes[i]) for i in chunk], [unit.key] * len(chunk), padding_side="left")
-            tokens, _ = pm.generate(batch, prompts, self.config.max_new_tokens, self.eos_id)
-            for i, row in zip(chunk, tokens.tolist()):
-                if self.eos_id in row:
-                    row = row[: row.index(self.eos_id)]
-                texts[i] = self.tokenizer.decode(row, skip_special_tokens=True).strip()
-        return texts
+        return generate_texts(pm, {unit.key: unit}, [Prepared(unit.key, GenItem([], p, [])) for p in prefixes],
+                              batch_size)
 
     def evaluate(self, pm, unit, prepared, examples, batch_size: int = 16, padding_side: str = "left") -> dict:
         """BLEU and ROUGE-L of greedy outputs; inputs that repeat are scored once against all their references."""

@@ -92,3 +92,33 @@ def predict_logits(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared:
     if bar is not None:
         bar.close()
     return out
+
+
+@torch.no_grad()
+def generate_texts(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared: Sequence[Prepared],
+                   batch_size: int = 16) -> list[str]:
+    """Greedy output text for generation items that may belong to different tasks (and methods),
+    decoded together: each row keeps its own prompt, stop token and token budget."""
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(prepared)), key=lambda i: len(prepared[i].item.prefix))
+    texts: list[str] = [""] * len(prepared)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="generate", unit="batch", leave=False, disable=None if len(starts) > 1 else True):
+        chunk = [prepared[i] for i in order[start : start + batch_size]]
+        tasks = [units[p.key].task for p in chunk]
+        prompts: dict = {}
+        for key in dict.fromkeys(p.key for p in chunk):
+            prompts.update(units[key].input_prompts(key))
+        batch = pm.collate([list(p.item.prefix) for p in chunk], [p.key if p.key in prompts else None for p in chunk],
+                           padding_side="left")
+        stops = {t.eos_id for t in tasks}
+        longest = max(t.config.max_new_tokens for t in tasks)
+        # One shared stop id ends the loop early once every row has produced it; otherwise run to the budget.
+        tokens, _ = pm.generate(batch, prompts, longest, next(iter(stops)) if len(stops) == 1 else None)
+        for i, task, row in zip(order[start : start + batch_size], tasks, tokens.tolist()):
+            row = row[: task.config.max_new_tokens]
+            if task.eos_id in row:
+                row = row[: row.index(task.eos_id)]
+            texts[i] = task.tokenizer.decode(row, skip_special_tokens=True).strip()
+    return texts
