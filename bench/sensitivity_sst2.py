@@ -41,15 +41,15 @@ HAND = [
     HardPrompt("Review: {text}\nIs this review positive or negative? {mask}", PN, chat=True),
 ]
 FEWSHOT = [HAND[0], HAND[7]]
-# APE: 8 proposals from 6 training pairs each, scored on 120 held-out training examples in two
+# APE: 6 proposals from 6 training pairs each, scored on 80 held-out training examples in two
 # formats; the best two are scored on dev.
-APE = APEConfig(n_proposals=8, n_pairs=6, score_examples=120, keep=2, seed=0, templates=[
+APE = APEConfig(n_proposals=6, n_pairs=6, score_examples=80, keep=2, seed=0, templates=[
     {"template": "{instruction}\n\nInput: {text}\nOutput: {mask}", "chat": False},
-    {"template": "{instruction}\n\n{text}", "chat": True},
+    {"template": "{instruction}\n\n{text} {mask}", "chat": True},
 ])
 # AutoPrompt: four trigger tokens before the best-known format, searched on training batches.
 AUTOPROMPT = AutoPromptConfig(template="[P*4]\nReview: {text}\nSentiment: {mask}", init="Classify the sentiment",
-                              iterations=16, candidates=6, batch_size=16, seed=0)
+                              iterations=12, candidates=5, batch_size=16, seed=0)
 
 OUT = Path(__file__).parent / "results" / "sensitivity_sst2"
 

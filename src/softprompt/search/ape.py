@@ -41,7 +41,7 @@ class APEConfig:
     # Each instruction is written into these templates; "{instruction}" is replaced by its text.
     templates: list[dict] = field(default_factory=lambda: [
         {"template": "{instruction}\n\nInput: {text}\nOutput: {mask}", "chat": False},
-        {"template": "{instruction}\n\n{text}", "chat": True},
+        {"template": "{instruction}\n\n{text} {mask}", "chat": True},
     ])
     metric: str = "accuracy"  # accuracy | calibrated_accuracy: what selects
 
@@ -52,8 +52,9 @@ class APEConfig:
         if not self.templates:
             raise ConfigError("ape.templates is empty: give at least one template with {instruction}")
         for t in self.templates:
-            if not isinstance(t, dict) or "{instruction}" not in str(t.get("template", "")):
-                raise ConfigError(f"ape.templates entry {t!r} must be a mapping whose template contains {{instruction}}")
+            if not isinstance(t, dict) or not all(k in str(t.get("template", "")) for k in ("{instruction}", "{mask}")):
+                raise ConfigError(f"ape.templates entry {t!r} must be a mapping whose template contains "
+                                  "{instruction} and {mask}")
         if self.metric not in ("accuracy", "calibrated_accuracy"):
             raise ConfigError(f"ape.metric={self.metric!r} is not one of: accuracy, calibrated_accuracy")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
