@@ -137,7 +137,7 @@ class SensitivityReport:
         import matplotlib.pyplot as plt
 
         ranked = sorted(self.results, key=lambda r: r.score(self.metric))
-        names = [f"{r.prompt.describe()[:60]} ({r.source})".replace("\n", "\\n") for r in ranked]
+        names = [f"{_short(r.prompt)} ({r.source})" for r in ranked]
         fig, ax = plt.subplots(figsize=(10, 1.2 + 0.42 * len(ranked)))
         y = range(len(ranked))
         calibrated = all(r.calibrated_accuracy is not None for r in ranked)
@@ -172,6 +172,16 @@ class SensitivityReport:
         paths["md"].write_text(self.to_markdown())
         self.plot(paths["png"])
         return paths
+
+
+def _short(prompt: HardPrompt, width: int = 64) -> str:
+    """A chart label: the prompt's name with a long template cut in the middle, words kept."""
+    words = "/".join(w[0] for w in prompt.verbalizer.values())
+    name = prompt.name or f"{'chat ' if prompt.chat else ''}{prompt.template!r}"
+    name = name.replace("\n", "\\n")
+    if len(name) > width:
+        name = name[: width // 2 - 2] + " ... " + name[-(width // 2 - 3):]
+    return name if prompt.name else f"{name} [{words}]"
 
 
 def evaluate_candidates(base: BaseModel, candidates: Sequence[HardPrompt | Mapping | str], dev: Sequence[Example], *,
