@@ -17,8 +17,11 @@ from .api import (  # noqa: E402
 )
 from .core import PromptArtifact  # noqa: E402
 from .errors import SoftpromptError  # noqa: E402
+from .library import Library  # noqa: E402
+from .transfer import rank_sources, similarity_matrix, zero_shot  # noqa: E402
 
 __all__ = [
+    "Library",
     "LoadedPrompt",
     "Prediction",
     "PromptArtifact",
@@ -32,5 +35,8 @@ __all__ = [
     "predict",
     "predict_file",
     "predict_mixed",
+    "rank_sources",
+    "similarity_matrix",
     "train",
+    "zero_shot",
 ]

@@ -196,7 +196,8 @@ def train(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     t = config.training
     evaluate = (lambda: _evaluate_items(pm, unit, dev_items, dev_examples, t.eval_batch_size, t.padding_side)) if dev_items else None
-    result = fit(pm, unit, train_items, t, run_dir, evaluate=evaluate, resume=resume, progress=progress, on_step=on_step)
+    result = fit(pm, unit, train_items, t, run_dir, evaluate=evaluate, resume=resume, progress=progress,
+                 on_step=on_step, log=log)
     meta = {
         "method": method_cls.name,
         "method_config": to_dict(m_config),

@@ -10,38 +10,19 @@ from typing import List, Optional
 
 import typer
 
+from .cli_common import _STATE, _fail, _run
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Prompt learning for frozen transformers: train, evaluate and use kilobyte task prompts.",
     pretty_exceptions_enable=False,
 )
-_STATE = {"debug": False}
 
 
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")):
     _STATE["debug"] = debug
-
-
-def _fail(message: str, code: int = 2):
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _run(fn, *args, **kwargs):
-    """Call an API function; user errors become one line on stderr and exit code 2."""
-    from .errors import SoftpromptError
-
-    try:
-        return fn(*args, **kwargs)
-    except SoftpromptError as exc:
-        if _STATE["debug"]:
-            raise
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        typer.echo("interrupted: the last finished step is checkpointed; run again with --resume", err=True)
-        raise typer.Exit(130)
 
 
 @app.command()
@@ -197,6 +178,11 @@ def demo(
     for text in ("An absolute delight from start to finish.", "I want those two hours of my life back."):
         (pred,) = _run(api.predict, result.artifact, [text])
         typer.echo(f"predict  {text!r} -> {pred.label} ({pred.probabilities[pred.label]:.2f})")
+
+
+from .cli_library import register as _register_library
+
+_register_library(app)
 
 
 def main():

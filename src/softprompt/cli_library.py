@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .cli import _fail, _run
+from .cli_common import _fail, _run
 
 library_app = typer.Typer(no_args_is_help=True, help="The prompt library: store, find and export prompts.")
 transfer_app = typer.Typer(no_args_is_help=True, help="Reuse prompts across tasks: zero-shot transfer and source ranking.")

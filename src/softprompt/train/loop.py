@@ -147,6 +147,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Train unit's prompt (and head) on train_items; evaluate() returns dev metrics for keeping the best."""
     run_dir = Path(run_dir)
@@ -182,6 +183,7 @@ def fit(
     eval_seconds = 0.0  # excluded from training time and speed
     stopped_early = False
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
+    say = bar.write if progress else (log or (lambda message: None))  # lines that must not break the bar
     unit.train()
     if config.gradient_checkpointing:
         set_checkpointing(pm.model, True)
@@ -236,7 +238,7 @@ def fit(
                     PromptArtifact(best_tensors, {"method": "checkpoint-best", "step": step}).save(best_path)
                 else:
                     best["bad_evals"] += 1
-                bar.write(f"step {step}: dev {metric} {value:.4f} (best {best['metric']:.4f} at step {best['step']})")
+                say(f"step {step}: dev {metric} {value:.4f} (best {best['metric']:.4f} at step {best['step']})")
                 if config.patience is not None and best["bad_evals"] >= config.patience:
                     stopped_early = True
             if step % checkpoint_every == 0 or step == config.steps or stopped_early:
@@ -244,7 +246,7 @@ def fit(
             if on_step is not None:
                 on_step(step)
             if stopped_early:
-                bar.write(f"early stop: no improvement in {config.patience} evaluations")
+                say(f"early stop: no improvement in {config.patience} evaluations")
                 break
     except KeyboardInterrupt:
         # The state after the last finished step is consistent: keep it so `--resume` continues.
