@@ -133,3 +133,18 @@ def test_gradient_checkpointing_trains_the_same_prompt_with_dropout_off(tmp_path
         assert torch.allclose(plain[k], checkpointed[k], atol=1e-5), k
     assert active[:4] == [0] * 4 and min(active[4:]) >= 2  # two tiny layers checkpointed in the second run
     assert dropout or family == "llama"  # the tiny GPT-2/BERT carry dropout that must stay off
+
+
+@pytest.mark.parametrize("family,method,expected", [
+    ("gpt2", {"name": "prompt_tuning", "num_virtual_tokens": 2, "init": "vocab"}, 3e-2),
+    ("gpt2", {"name": "ptuning_v2", "prefix_length": 2}, 3e-3),
+    ("bert", {"name": "ptuning_v2", "prefix_length": 2}, 1e-2),
+])
+def test_an_unset_learning_rate_is_the_methods_default_and_is_recorded(tmp_path, family, method, expected):
+    import yaml
+
+    config = run_config(tmp_path, family, steps=1, eval_every=1)
+    del config["training"]["lr"]
+    config["method"] = method
+    result = api.train(config, progress=False, log=lambda s: None)
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["training"]["lr"] == expected

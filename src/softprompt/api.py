@@ -18,6 +18,7 @@ from .configs import DataConfig, ModelConfig, RunConfig, from_dict, load_run_con
 from .core import PromptArtifact, PromptedModel
 from .errors import ConfigError, DataError
 from .methods import get_method
+from .methods.base import default_lr
 from .methods.deep_common import check_deep_tensors
 from .models import EMBEDDED, BaseModel, embedded_status, load_base
 from .tasks.classification import ClassificationConfig, ClassificationTask
@@ -178,6 +179,8 @@ def train(
         train_examples = sample_k_per_class(train_examples, data.k_shot, config.training.seed)
     base = base or load_model(config.model)
     method_cls, m_config = method_config(config.method)
+    if config.training.lr is None:
+        config.training.lr = default_lr(method_cls, base.info.kind)
     labels = _labels_of(config.task, train_examples)
     torch.manual_seed(config.training.seed)  # the head's initial weights are part of the run's seed
     task = build_task(config.task, base, labels, getattr(m_config, "num_virtual_tokens", 0))

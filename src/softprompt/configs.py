@@ -166,7 +166,7 @@ class TrainingConfig:
     steps: int = 200  # optimizer steps
     batch_size: int = 16
     eval_batch_size: int = 32
-    lr: float = 3e-2  # prompt learning rate
+    lr: float | None = None  # prompt learning rate; default: the method's own (see README, "Defaults")
     head_lr: float = 2e-3  # learning rate of a classification head, if the task has one
     weight_decay: float = 0.0
     warmup: float = 0.06  # fraction of steps (< 1) or a number of steps (>= 1)
@@ -189,7 +189,9 @@ class TrainingConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"training.{name}={getattr(self, name)!r} must be >= 1")
         for name in ("lr", "head_lr"):
-            if not getattr(self, name) > 0:
+            if getattr(self, name) is None and name == "lr":
+                continue
+            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
                 raise ConfigError(f"training.{name}={getattr(self, name)!r} must be > 0")
         if self.padding_side not in ("left", "right"):
             raise ConfigError(f"training.padding_side={self.padding_side!r} is not one of: left, right")

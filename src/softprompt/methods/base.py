@@ -25,6 +25,7 @@ class Injection(str, Enum):
 
 class PromptMethod(Protocol):
     name: ClassVar[str]
+    default_lrs: ClassVar[dict]  # training.lr when unset: {"any": lr, optionally a model kind: lr}
     injections: ClassVar[frozenset[Injection]]
 
     @property
@@ -51,3 +52,9 @@ def get_method(name: str) -> type:
     except KeyError:
         known = ", ".join(sorted(METHODS))
         raise ConfigError(f"unknown method {name!r}; known methods: {known}") from None
+
+
+def default_lr(method_cls, kind) -> float:
+    """The learning rate a method trains with when training.lr is not set, for a model kind."""
+    lrs = getattr(method_cls, "default_lrs", {"any": 3e-2})
+    return lrs.get(getattr(kind, "value", kind), lrs["any"])

@@ -46,6 +46,7 @@ class PrefixTuning(nn.Module):
     """prefix[stack] = start[stack] + MLP_stack(embedding), reshaped to (layers, 2, kv_heads, P, head_dim)."""
 
     name: ClassVar[str] = "prefix_tuning"
+    default_lrs: ClassVar[dict] = {"any": 3e-3}  # training.lr when unset, by model kind (SST-2/smollm2, bench/results/prefix_tuning_sst2.json)
     Config: ClassVar[type] = PrefixTuningConfig
     injections: ClassVar[frozenset] = frozenset({Injection.DEEP})
     num_virtual_tokens: ClassVar[int] = 0

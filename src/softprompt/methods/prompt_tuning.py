@@ -97,6 +97,7 @@ class PromptTuning(nn.Module):
     """A (num_virtual_tokens, hidden) float32 parameter written into the input sequence."""
 
     name: ClassVar[str] = "prompt_tuning"
+    default_lrs: ClassVar[dict] = {"any": 3e-2}  # training.lr when unset, by model kind (SST-2/smollm2 sweeps, bench/results/sweep*_gpu.json)
     Config: ClassVar[type] = PromptTuningConfig
     injections: ClassVar[frozenset] = frozenset({Injection.INPUT})
 

@@ -53,6 +53,7 @@ class PTuning(nn.Module):
     """tokens = encoder(embedding) + embedding: the residual keeps the start at the initial words."""
 
     name: ClassVar[str] = "ptuning"
+    default_lrs: ClassVar[dict] = {"any": 3e-3}  # training.lr when unset, by model kind (SST-2/smollm2, bench/results/ptuning_sst2.json)
     Config: ClassVar[type] = PTuningConfig
     injections: ClassVar[frozenset] = frozenset({Injection.INPUT})
 
