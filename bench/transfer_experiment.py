@@ -10,8 +10,15 @@
    SPoT best-of-top-k, weighted average and multitask mixture (sources: the other tasks); mean, std
    and the convergence history of every run
 
+With --ppt (issue 5, item 6) it runs PPT instead: one prompt pre-trained on self-supervised tasks from
+CoNLL-2003 running text (3-class sentence pair and next-sentence multiple choice, unified format),
+then 16/32-shot SST-2, MR, CR, SUBJ and TREC from vocab init (vanilla) and from the PPT prompt, each
+with the task's own template and with the unified multiple-choice template; averages over tasks.
+
     OMP_NUM_THREADS=1 taskset -c 1 python bench/transfer_experiment.py --out bench/results/transfer_experiment.json
     python bench/transfer_experiment.py --smoke   # minutes: tiny budgets, checks the pipeline end to end
+    OMP_NUM_THREADS=1 taskset -c 1 python bench/transfer_experiment.py --ppt --out bench/results/ppt_experiment.json
+    python bench/transfer_experiment.py --ppt --smoke
 """
 
 from __future__ import annotations
@@ -44,6 +51,11 @@ TASKS = {
                 "template": "Premise: {text}\nHypothesis: {text_b}\nEntailed: {mask}",
                 "words": {"entailment": "yes", "not_entailment": "no"}, "pair": True},
 }
+
+# Questions of the unified multiple-choice format (PPT); the options are the task's label words.
+QUESTIONS = {"sst2": "What is the sentiment of the review?", "mr": "What is the sentiment of the review?",
+             "cr": "What is the sentiment of the review?", "subj": "Is the text subjective or objective?",
+             "trec": "What type of answer does the question ask for?"}
 
 
 def prepare_data(work: Path, n_dev: int, seed: int = 0) -> dict[str, dict[str, str]]:
@@ -107,8 +119,16 @@ def main():
     p.add_argument("--n-dev", type=int, default=200)
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--smoke", action="store_true", help="tiny budgets: check the pipeline only")
+    p.add_argument("--ppt", action="store_true", help="the PPT experiment (item 6) instead of SPoT/TPT")
+    p.add_argument("--ppt-text", type=Path, default=SHARED / "conll2003" / "train.txt")
+    p.add_argument("--ppt-steps", type=int, default=400)
+    p.add_argument("--ppt-examples", type=int, default=4000)
+    p.add_argument("--ppt-targets", default="sst2,mr,cr,subj,trec")
     a = p.parse_args()
-    if a.smoke:
+    if a.ppt and a.smoke:
+        a.ppt_steps, a.ppt_examples, a.target_steps, a.n_dev, a.seeds, a.shots = 3, 60, 3, 16, "0", "16"
+        a.tokens, a.ppt_targets = 4, "sst2,trec"
+    elif a.smoke:
         a.source_steps, a.target_steps, a.probe_steps, a.n_dev, a.seeds, a.shots = 4, 4, 2, 24, "0", "16"
         a.max_train, a.tokens, a.top_k = 200, 4, 2
     from softprompt import api
@@ -127,6 +147,8 @@ def main():
     started = time.time()
     base = api.load_model({"name": a.model, "device": "cpu"})
     files = prepare_data(a.work, a.n_dev)
+    if a.ppt:
+        return run_ppt(a, base, files, started)
     sources = a.sources.split(",")
     lib = Library(a.work / "library")
     quiet = {"progress": False, "log": lambda _: None}
@@ -192,6 +214,55 @@ def main():
     a.out.write_text(json.dumps(result, indent=1))
     for key, kinds in result["few_shot"].items():
         print(key + ": " + ", ".join(f"{k} {v['mean']:.4f}+-{v['std']:.4f}" for k, v in kinds.items()))
+    print(f"wrote {a.out} in {result['wall_seconds']} s")
+
+
+def run_ppt(a, base, files, started):
+    """PPT: pre-train once on running text, then few-shot targets from vocab init and from the PPT prompt."""
+    from softprompt import api
+    from softprompt.transfer import init_overrides, pretrain_prompt, unified_task
+
+    quiet = {"progress": False, "log": lambda _: None}
+    t0 = time.time()
+    ppt = pretrain_prompt({"name": a.model, "device": "cpu"}, a.ppt_text, a.work / "ppt", steps=a.ppt_steps,
+                          n_examples=a.ppt_examples, num_virtual_tokens=a.tokens, lr=a.lr, batch_size=a.batch,
+                          base=base, log=lambda _: None)
+    from softprompt.core import PromptArtifact
+
+    meta = PromptArtifact.load(ppt).meta
+    result = {"machine": machine(), "args": {k: str(v) for k, v in vars(a).items()},
+              "ppt": {"artifact": str(ppt), "dev": meta.get("metrics", {}).get("dev"),
+                      "seconds": round(time.time() - t0)}, "few_shot": {}}
+    print(f"ppt prompt: dev {meta.get('metrics', {}).get('dev')} ({result['ppt']['seconds']} s) -> {ppt}", flush=True)
+    for target in a.ppt_targets.split(","):
+        unified = {**unified_task(TASKS[target]["words"], QUESTIONS[target], max_length=160)}
+        for shots in map(int, a.shots.split(",")):
+            rows = {}
+            for seed in map(int, a.seeds.split(",")):
+                inits = {"vanilla": ([], None), "ppt": (init_overrides([ppt]), None),
+                         "vanilla_unified": ([], unified), "ppt_unified": (init_overrides([ppt]), unified)}
+                for kind, (overrides, task) in inits.items():
+                    c = config(target, files, a, out=a.work / "ppt-few" / f"{target}-{shots}-{seed}-{kind}",
+                               steps=a.target_steps, k_shot=shots, seed=seed)
+                    if task is not None:
+                        c["task"] = task
+                    r = api.train(c, overrides, base=base, **quiet)
+                    rows.setdefault(kind, []).append({"seed": seed, "accuracy": r.metrics["dev"]["accuracy"],
+                                                      "history": r.history})
+                    print(f"{target} {shots}-shot seed {seed} {kind}: {r.metrics['dev']['accuracy']:.4f}", flush=True)
+            result["few_shot"][f"{target}-{shots}"] = {
+                kind: {"mean": statistics.mean(x["accuracy"] for x in v),
+                       "std": statistics.pstdev(x["accuracy"] for x in v), "runs": v} for kind, v in rows.items()}
+    average = {}
+    for shots in a.shots.split(","):
+        cells = [v for k, v in result["few_shot"].items() if k.endswith(f"-{shots}")]
+        average[shots] = {kind: round(statistics.mean(c[kind]["mean"] for c in cells), 4) for kind in cells[0]}
+    result["average_over_targets"] = average
+    result["wall_seconds"] = round(time.time() - started)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1))
+    for shots, kinds in average.items():
+        print(f"{shots}-shot average over {a.ppt_targets}: " + ", ".join(f"{k} {v:.4f}" for k, v in kinds.items()))
     print(f"wrote {a.out} in {result['wall_seconds']} s")
 
 
