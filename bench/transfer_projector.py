@@ -13,6 +13,7 @@ the head does not carry over (it read minilm's states) and smollm2 reads labels 
 
     OMP_NUM_THREADS=1 taskset -c 1 python bench/transfer_projector.py --out bench/results/transfer_projector.json
     python bench/transfer_projector.py --smoke   # tiny budgets: checks the pipeline end to end
+    python bench/transfer_projector.py --anchors # seconds: how well the vocabulary map translates held-out words
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ def main():
     p.add_argument("--n-dev", type=int, default=200)
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--anchors", action="store_true", help="only check the vocabulary-anchored map on held-out words")
     a = p.parse_args()
+    if a.anchors:
+        return anchors(a)
     if a.smoke:
         a.prompt_steps, a.target_steps, a.finetune_steps, a.n_dev, a.seeds, a.shots = 3, 3, 2, 16, "0", "16"
         a.max_train, a.tokens, a.tasks = 100, 4, "sst2,trec"
@@ -132,6 +136,39 @@ def main():
     for key, kinds in result["few_shot"].items():
         print(key + ": " + ", ".join(f"{k} {v['mean']:.4f}+-{v['std']:.4f}" for k, v in kinds.items()))
     print(f"wrote {a.out} in {result['wall_seconds']} s")
+
+
+def anchors(a):
+    """Fit the vocabulary map on 90% of the shared words; on the other 10%, is the projected embedding's
+    nearest target-word embedding (cosine, among all shared words) the same word?"""
+    import random
+
+    import torch
+
+    from softprompt import api
+    from softprompt.transfer.projector import ridge_solve, shared_words
+
+    src = api.load_model({"name": a.source_model, "device": "cpu"})
+    tgt = api.load_model({"name": a.target_model, "device": "cpu"})
+    started = time.time()
+    words, ids_a, ids_b = shared_words(src, tgt, max_words=None)
+    order = list(range(len(words)))
+    random.Random(0).shuffle(order)
+    held, fit = order[: len(order) // 10], order[len(order) // 10:]
+    with torch.no_grad():
+        x = src.input_embeddings().weight[ids_a].float()
+        y = tgt.input_embeddings().weight[ids_b].float()
+    out = {"machine": machine(), "shared_words": len(words), "held_out": len(held)}
+    for ridge in (1e-3, 1e-2, 1e-1):
+        w, b = ridge_solve(x[fit], y[fit], ridge)
+        guess = torch.nn.functional.normalize(x[held] @ w + b, dim=-1) @ torch.nn.functional.normalize(y, dim=-1).T
+        top1 = (guess.argmax(-1) == torch.tensor(held)).float().mean().item()
+        top10 = (guess.topk(10, -1).indices == torch.tensor(held)[:, None]).any(-1).float().mean().item()
+        out[f"ridge={ridge}"] = {"top1": round(top1, 4), "top10": round(top10, 4)}
+        print(f"ridge {ridge}: held-out word translation top-1 {top1:.4f}, top-10 {top10:.4f} "
+              f"(chance {1 / len(words):.5f})", flush=True)
+    out["seconds"] = round(time.time() - started, 1)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
