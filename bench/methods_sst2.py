@@ -1,14 +1,19 @@
-"""Prompt tuning on SST-2 with smollm2-135m: softprompt against PEFT, same budget, one run.
+"""Soft-prompt methods on SST-2 with smollm2-135m: softprompt against PEFT, same budget, one run.
 
 Both sides: the same converted SmolLM2-135M-Instruct, template "Review: {text}\\nSentiment:",
-label words " negative"/" positive", 20 virtual tokens initialised from the same text, AdamW at
-the same learning rate, linear decay without warmup, the same batch size, steps and max length,
-scored on the full 872-example dev set by comparing the two label words' next-token scores.
-PEFT follows its own prompt-tuning recipe (causal-LM loss on the label tokens, inputs padded to
-max_length). Each side runs in its own process, alternating (ours, peft, peft, ours, ...), and
-the table reports medians and ratios.
+label words " negative"/" positive", prompts initialised from the same text where the method has
+an initialisation, AdamW at the same learning rate, linear decay without warmup, the same batch
+size, steps and max length, scored on the full 872-example dev set by comparing the two label
+words' next-token scores. PEFT follows its own prompt-learning recipe (causal-LM loss on the label
+tokens, inputs padded to max_length). Each side runs in its own process, alternating (ours, peft,
+peft, ours, ...), and the table reports medians and ratios.
 
-    python bench/prompt_tuning_sst2.py --repeats 2 --out bench/results/prompt_tuning_sst2.json
+Methods (--method): prompt_tuning, ptuning (MLP encoder), prefix_tuning (MLP reparameterisation),
+ptuning_v2 (direct deep prompts; PEFT's prefix tuning without projection), and two references on
+the PEFT/transformers side only: lora (r=8 on q/v) and full (full fine-tuning, same loss).
+
+    python bench/methods_sst2.py --method prompt_tuning --repeats 2 --out bench/results/prompt_tuning_sst2.json
+    python bench/methods_sst2.py --method prefix_tuning --lr 3e-3 --out bench/results/prefix_tuning_sst2.json
 """
 
 from __future__ import annotations
@@ -25,6 +30,43 @@ from common import SHARED, machine, medians, peak_rss_mb, ratio, run_side  # noq
 TEMPLATE = "Review: {text}\nSentiment:"
 WORDS = {"0": "negative", "1": "positive"}
 INIT_TEXT = "Classify the sentiment of the review as positive or negative."
+
+# Our method section per benchmark method; --tokens is the virtual-token / prefix length on both sides.
+OURS = {
+    "prompt_tuning": lambda a: {"name": "prompt_tuning", "num_virtual_tokens": a.tokens, "init": "text",
+                                "init_text": INIT_TEXT},
+    "ptuning": lambda a: {"name": "ptuning", "encoder": "mlp", "num_virtual_tokens": a.tokens, "init": "text",
+                          "init_text": INIT_TEXT},
+    "prefix_tuning": lambda a: {"name": "prefix_tuning", "prefix_length": a.tokens, "hidden": 512, "init": "words",
+                                "init_text": INIT_TEXT},
+    "ptuning_v2": lambda a: {"name": "ptuning_v2", "prefix_length": a.tokens, "init": "words", "init_text": INIT_TEXT},
+}
+REFERENCE_ONLY = ("lora", "full")  # no softprompt side: PEFT LoRA, and full fine-tuning with transformers
+
+
+def peft_wrap(a, model, path):
+    """The PEFT (or plain transformers) model for --method: what PEFT offers closest to ours."""
+    import peft
+
+    task = peft.TaskType.CAUSAL_LM
+    if a.method == "full":
+        return model
+    if a.method == "prompt_tuning":
+        config = peft.PromptTuningConfig(task_type=task, prompt_tuning_init=peft.PromptTuningInit.TEXT,
+                                         num_virtual_tokens=a.tokens, prompt_tuning_init_text=INIT_TEXT,
+                                         tokenizer_name_or_path=path)
+    elif a.method == "ptuning":
+        config = peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=a.tokens,
+                                          encoder_reparameterization_type="MLP")
+    elif a.method == "prefix_tuning":
+        config = peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=a.tokens, prefix_projection=True,
+                                         encoder_hidden_size=512)
+    elif a.method == "ptuning_v2":
+        config = peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=a.tokens, prefix_projection=False)
+    else:  # lora
+        config = peft.LoraConfig(task_type=task, r=8, lora_alpha=16, lora_dropout=0.0,
+                                 target_modules=["q_proj", "v_proj"])
+    return peft.get_peft_model(model, config)
 
 
 def load_split(name: str, limit: int | None = None):
@@ -43,7 +85,7 @@ def ours(a) -> dict:
         "model": {"name": "smollm2-135m"},
         "task": {"kind": "classification", "template": TEMPLATE + " {mask}", "verbalizer": WORDS,
                  "max_length": a.max_length + a.tokens},  # PEFT's max_length excludes the virtual tokens
-        "method": {"name": "prompt_tuning", "num_virtual_tokens": a.tokens, "init": "text", "init_text": INIT_TEXT},
+        "method": OURS[a.method](a),
         "data": {"train": str(SHARED / "sentence-classification/stsa.binary.train"),
                  "dev": str(SHARED / "sentence-classification/stsa.binary.dev"), "format": "label-first"},
         "training": {"steps": a.steps, "batch_size": a.batch, "lr": a.lr, "warmup": 0, "eval_every": a.steps,
@@ -64,7 +106,6 @@ def ours(a) -> dict:
 
 def peft_side(a) -> dict:
     import torch
-    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
 
     from softprompt.models.loading import resolve_path
@@ -73,11 +114,7 @@ def peft_side(a) -> dict:
     torch.manual_seed(a.seed)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    config = PromptTuningConfig(
-        task_type=TaskType.CAUSAL_LM, prompt_tuning_init=PromptTuningInit.TEXT, num_virtual_tokens=a.tokens,
-        prompt_tuning_init_text=INIT_TEXT, tokenizer_name_or_path=path,
-    )
-    model = get_peft_model(model, config)
+    model = peft_wrap(a, model, path)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def encode(example):
@@ -93,7 +130,7 @@ def peft_side(a) -> dict:
     generator = torch.Generator().manual_seed(a.seed)
     loader = torch.utils.data.DataLoader(train, batch_size=a.batch, shuffle=True, generator=generator,
                                          collate_fn=lambda rows: [torch.tensor(c) for c in zip(*rows)])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, a.steps)
     model.train()
     step, seen, started = 0, 0, time.perf_counter()
@@ -127,7 +164,7 @@ def peft_side(a) -> dict:
             correct += sum(int(p == int(e.label)) for p, e in zip(pred, chunk))
     out = Path(a.workdir) / "peft"
     model.save_pretrained(out)
-    artifact = out / "adapter_model.safetensors"
+    artifact = out / ("model.safetensors" if a.method == "full" else "adapter_model.safetensors")
     return {
         "dev_accuracy": correct / len(dev),
         "train_seconds": train_seconds,
@@ -141,6 +178,7 @@ def peft_side(a) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", choices=["ours", "peft", "both"], default="both")
+    parser.add_argument("--method", choices=[*OURS, *REFERENCE_ONLY], default="prompt_tuning")
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=20)
@@ -159,12 +197,15 @@ def main():
     runs = {"ours": [], "peft": []}
     for r in range(a.repeats):
         order = ("ours", "peft") if r % 2 == 0 else ("peft", "ours")
+        if a.method in REFERENCE_ONLY:
+            order = ("peft",)
         # Repeat r uses seed a.seed + r on both sides: accuracy medians cover seeds, not one draw.
         args = [x for x in passthrough if not x.startswith("--seed=")] + [f"--seed={a.seed + r}"]
         for side in order:
             runs[side].append(run_side(__file__, side, args))
             print(f"repeat {r + 1} {side}: {json.dumps(runs[side][-1])}", file=sys.stderr, flush=True)
-    mo, mp = medians(runs["ours"]), medians(runs["peft"])
+    mp = medians(runs["peft"])
+    mo = medians(runs["ours"]) if runs["ours"] else {k: float("nan") for k in mp}  # lora/full: PEFT side only
     rows = [
         ("dev accuracy (872)", f"{mo['dev_accuracy']:.4f}", f"{mp['dev_accuracy']:.4f}", f"{mo['dev_accuracy'] - mp['dev_accuracy']:+.4f} (diff)"),
         ("training samples/s", f"{mo['samples_per_s']:.2f}", f"{mp['samples_per_s']:.2f}", f"{ratio(mo['samples_per_s'], mp['samples_per_s']):.2f}x"),
@@ -175,7 +216,7 @@ def main():
     ]
     table = ["| metric | softprompt | PEFT | softprompt / PEFT |", "| --- | ---: | ---: | ---: |"]
     table += [f"| {a_} | {b} | {c} | {d} |" for a_, b, c, d in rows]
-    header = (f"steps {a.steps}, batch {a.batch}, {a.tokens} virtual tokens, lr {a.lr}, max length {a.max_length}, "
+    header = (f"{a.method}: steps {a.steps}, batch {a.batch}, {a.tokens} virtual tokens, lr {a.lr}, max length {a.max_length}, "
               f"medians of {a.repeats} run(s) per side (seeds {a.seed}..{a.seed + a.repeats - 1}), alternating; "
               f"machine: {machine()}")
     print(header)
