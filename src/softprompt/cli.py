@@ -180,9 +180,11 @@ def demo(
         typer.echo(f"predict  {text!r} -> {pred.label} ({pred.probabilities[pred.label]:.2f})")
 
 
-from .cli_library import register as _register_library
+from . import cli_transfer_extra  # noqa: E402
+from .cli_library import register as _register_library  # noqa: E402
 
 _register_library(app)
+cli_transfer_extra.register(app)  # ppt and cross-model commands; extends the transfer group above
 
 
 def main():
