@@ -18,6 +18,8 @@ from .api import (  # noqa: E402
 from .core import PromptArtifact  # noqa: E402
 from .errors import SoftpromptError  # noqa: E402
 from .library import Library  # noqa: E402
+from .search import evaluate_candidates, inspect_prompt, search_ape, search_autoprompt  # noqa: E402
+from .search import search as search_prompts  # noqa: E402
 from .transfer import rank_sources, similarity_matrix, zero_shot  # noqa: E402
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "TrainResult",
     "__version__",
     "evaluate",
+    "evaluate_candidates",
+    "inspect_prompt",
     "list_models",
     "load_model",
     "load_prompt",
@@ -36,6 +40,9 @@ __all__ = [
     "predict_file",
     "predict_mixed",
     "rank_sources",
+    "search_ape",
+    "search_autoprompt",
+    "search_prompts",
     "similarity_matrix",
     "train",
     "zero_shot",

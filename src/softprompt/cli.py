@@ -182,9 +182,11 @@ def demo(
 
 from . import cli_transfer_extra  # noqa: E402
 from .cli_library import register as _register_library  # noqa: E402
+from .cli_search import register as _register_search  # noqa: E402
 
 _register_library(app)
 cli_transfer_extra.register(app)  # ppt and cross-model commands; extends the transfer group above
+_register_search(app)
 
 
 def main():

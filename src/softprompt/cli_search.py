@@ -19,7 +19,7 @@ def search(
 ):
     """Score hard prompts (templates x verbalizers, zero- or few-shot, calibrated) on dev data; report
     the sensitivity (mean, std, range; table and chart) and the best prompt, as JSON."""
-    from .cli import _run
+    from .cli_common import _run
     from .search import search as run_search
 
     result = _run(run_search, config, overrides or [], progress=not quiet, log=typer.echo)
@@ -40,7 +40,7 @@ def inspect(
     """Read a soft prompt as words: nearest vocabulary tokens (cosine) of each virtual token, and the
     score of the prompt made of those tokens."""
     from . import api
-    from .cli import _run
+    from .cli_common import _run
     from .configs import DataConfig
     from .search import inspect_prompt
 
