@@ -104,3 +104,19 @@ def test_mixed_method_generation_and_classification_rows_match_each_alone(tmp_pa
         for label, p in got.probabilities.items():
             assert abs(p - alone.probabilities[label]) < 1e-5
     assert any(m.probabilities == {} and m.label for m in mixed)  # generation rows carry text
+
+
+def test_beam_search_and_greedy_rows_in_one_call_match_each_decoded_alone(tmp_path):
+    config = _config(tmp_path, "llama", "prompt_tuning")
+    config["training"]["steps"] = 4
+    artifact = api.train(config, progress=False, log=lambda s: None).artifact
+    greedy = api.load_prompt(artifact)
+    beam = api.load_prompt(artifact)
+    beam.unit.task.config.num_beams = 4
+    texts = ["good film", "dull plot", "bad film"]
+    import softprompt
+
+    both = softprompt.predict_mixed({"greedy": greedy, "beam": beam},
+                                    [(name, t) for t in texts for name in ("greedy", "beam")])
+    assert [p.label for p in both[0::2]] == [p.label for p in api.predict(greedy, texts)]
+    assert [p.label for p in both[1::2]] == [p.label for p in api.predict(beam, texts)]

@@ -40,6 +40,14 @@ class PromptBatch:
         }
         return PromptBatch(**moved)
 
+    def select(self, index: torch.Tensor) -> "PromptBatch":
+        """The batch made of rows index (repeated rows allowed: the beams of beam search)."""
+        picked = {
+            f.name: getattr(self, f.name)[index] if isinstance(getattr(self, f.name), torch.Tensor) else getattr(self, f.name)
+            for f in fields(self)
+        }
+        return PromptBatch(**picked)
+
     @property
     def has_virtual(self) -> bool:
         return bool((self.virtual_slot >= 0).any())

@@ -212,38 +212,23 @@ class PromptedModel(nn.Module):
         )
         return out.logits
 
-    @torch.no_grad()
-    def generate(self, batch: PromptBatch, prompts: Mapping[str, PromptLike], max_new_tokens: int,
-                 eos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedy decoding with a key/value cache: (new tokens (B, T), their step logits (B, T, V)).
-
-        Rows keep their own prompts at every step: input prompts were part of the first pass and so of
-        the cache; deep prefixes are prepended by the attention at each step and never cached.
-        Causal rows must be left-padded, so every row continues at the last column.
-        """
+    def _steps(self, batch: PromptBatch, prompts: Mapping[str, PromptTensors]):
+        """Cached decoding as a generator: yields each step's next-token logits (B, V) and is sent
+        (tokens (B,), order (B,) or None): the token each row appends, and which row each row
+        continues from (beam search), so the cache, masks and prefixes follow their rows."""
         from transformers import DynamicCache, EncoderDecoderCache
 
-        prompts = {k: _as_prompt(v) for k, v in prompts.items()}
         deep = self._deep_batch(batch, prompts)
         self._activate(deep)
         rows = batch.input_ids.shape[0]
-        device = batch.input_ids.device
-        done = torch.zeros(rows, dtype=torch.bool, device=device)
-        tokens, step_logits = [], []
 
-        def pick(logits: torch.Tensor) -> torch.Tensor | None:
-            """The greedy token of each row (eos once a row is done); None when every row is done."""
-            nonlocal done
-            token = logits.argmax(-1)
-            if eos_id is not None:
-                token = torch.where(done, torch.full_like(token, eos_id), token)
-            tokens.append(token)
-            step_logits.append(logits)
-            if eos_id is not None:
-                done = done | (token == eos_id)
-                if bool(done.all()):
-                    return None
-            return token
+        def follow(order):
+            nonlocal deep
+            if deep is not None:
+                deep = DeepBatch({s: kv[:, :, order] for s, kv in deep.kv.items()},
+                                 {s: v[order] for s, v in deep.valid.items()})
+                self._activate(deep)
+
         if self.info.kind is ModelKind.CAUSAL:
             if batch.padding_side != "left" and rows > 1:
                 raise ValueError("generation with a causal LM needs a left-padded batch")
@@ -254,12 +239,14 @@ class PromptedModel(nn.Module):
                 kwargs["position_ids"] = positions
             cache = DynamicCache()
             next_position = batch.position_ids[:, -1:] + 1
-            for _ in range(max_new_tokens):
+            while True:
                 out = self.model.base_model(**kwargs, past_key_values=cache, use_cache=True)
                 cache = out.past_key_values
-                token = pick(self.lm_logits(out.last_hidden_state[:, -1]).float())
-                if token is None:
-                    break
+                token, order = yield self.lm_logits(out.last_hidden_state[:, -1]).float()
+                if order is not None:
+                    cache.reorder_cache(order)
+                    mask, next_position = mask[order], next_position[order]
+                    follow(order)
                 mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
                 kwargs = {"inputs_embeds": self.base.input_embeddings()(token[:, None]), "attention_mask": mask}
                 if positions is not None:
@@ -267,18 +254,118 @@ class PromptedModel(nn.Module):
                 next_position = next_position + 1
         else:
             encoder_hidden = self.encode(batch, prompts)
+            encoder_mask = batch.attention_mask
             self._activate(deep)
             cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-            step = torch.full((rows, 1), self.decoder_start_id(), dtype=torch.long, device=device)
-            for _ in range(max_new_tokens):
-                out = self.model(encoder_outputs=(encoder_hidden,), attention_mask=batch.attention_mask,
+            step = torch.full((rows, 1), self.decoder_start_id(), dtype=torch.long, device=batch.input_ids.device)
+            while True:
+                out = self.model(encoder_outputs=(encoder_hidden,), attention_mask=encoder_mask,
                                  decoder_input_ids=step, past_key_values=cache, use_cache=True)
                 cache = out.past_key_values
-                token = pick(out.logits[:, -1].float())
-                if token is None:
-                    break
+                token, order = yield out.logits[:, -1].float()
+                if order is not None:
+                    cache.reorder_cache(order)
+                    encoder_hidden, encoder_mask = encoder_hidden[order], encoder_mask[order]
+                    follow(order)
                 step = token[:, None]
+
+    @torch.no_grad()
+    def generate(self, batch: PromptBatch, prompts: Mapping[str, PromptLike], max_new_tokens: int,
+                 eos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy decoding with a key/value cache: (new tokens (B, T), their step logits (B, T, V)).
+
+        Rows keep their own prompts at every step: input prompts were part of the first pass and so of
+        the cache; deep prefixes are prepended by the attention at each step and never cached.
+        Causal rows must be left-padded, so every row continues at the last column.
+        """
+        steps = self._steps(batch, {k: _as_prompt(v) for k, v in prompts.items()})
+        done = torch.zeros(len(batch), dtype=torch.bool, device=batch.input_ids.device)
+        tokens, step_logits = [], []
+        logits = next(steps)
+        for t in range(max_new_tokens):
+            token = logits.argmax(-1)
+            if eos_id is not None:
+                token = torch.where(done, torch.full_like(token, eos_id), token)
+                done = done | (token == eos_id)
+            tokens.append(token)
+            step_logits.append(logits)
+            if t + 1 == max_new_tokens or bool(done.all()):
+                break
+            logits = steps.send((token, None))
+        steps.close()
         return torch.stack(tokens, 1), torch.stack(step_logits, 1)
+
+    @torch.no_grad()
+    def beam_search(self, batch: PromptBatch, prompts: Mapping[str, PromptLike], max_new_tokens: int,
+                    num_beams: int = 4, eos_id: int | None = None,
+                    length_penalty: float = 1.0) -> list[tuple[list[int], float]]:
+        """Beam search with a key/value cache, each row with its own prompts: per row, the best
+        sequence of new tokens (without the end token) and its summed log-probability.
+
+        Finished hypotheses are ranked by score / length ** length_penalty; a row stops once it has
+        num_beams finished hypotheses and no live beam can still beat the worst of them.
+        """
+        rows, k = len(batch), num_beams
+        expanded = batch.select(torch.arange(rows, device=batch.input_ids.device).repeat_interleave(k))
+        steps = self._steps(expanded, {key: _as_prompt(v) for key, v in prompts.items()})
+        logits = next(steps)
+        scores = torch.full((rows, k), float("-inf"), device=logits.device)
+        scores[:, 0] = 0.0  # the k copies of a row start as one beam
+        sequences: list[list[list[int]]] = [[[] for _ in range(k)] for _ in range(rows)]
+        finished: list[list[tuple[float, float, list[int]]]] = [[] for _ in range(rows)]  # (ranked, sum, tokens)
+        done = [False] * rows
+
+        def ranked(total: float, length: int) -> float:
+            return total / max(length, 1) ** length_penalty
+
+        for t in range(max_new_tokens):
+            logp = torch.log_softmax(logits, -1)
+            vocab = logp.shape[-1]
+            total = (scores[:, :, None] + logp.view(rows, k, vocab)).view(rows, k * vocab)
+            best, index = total.topk(min(2 * k, k * vocab), dim=-1)
+            order, token = [], []
+            new_scores = torch.full_like(scores, float("-inf"))
+            new_sequences = []
+            for r in range(rows):
+                kept = []
+                for value, flat in zip(best[r].tolist(), index[r].tolist()):
+                    beam, word = divmod(flat, vocab)
+                    if value == float("-inf") or len(kept) == k:
+                        break
+                    if done[r]:
+                        kept.append((beam, word, value))
+                        continue
+                    if eos_id is not None and word == eos_id:
+                        finished[r].append((ranked(value, t + 1), value, sequences[r][beam]))
+                        continue
+                    kept.append((beam, word, value))
+                while len(kept) < k:  # fewer live candidates than beams: pad with dead copies
+                    kept.append((kept[0][0] if kept else 0, eos_id or 0, float("-inf")))
+                new_sequences.append([sequences[r][b] + [w] for b, w, _ in kept])
+                for j, (b, w, v) in enumerate(kept):
+                    order.append(r * k + b)
+                    token.append(w)
+                    new_scores[r, j] = v
+                if not done[r] and len(finished[r]) >= k:
+                    worst = sorted(f[0] for f in finished[r])[-k]
+                    live = max(v for _, _, v in kept)
+                    # log-probabilities only fall, so a live beam's best possible ranked score is now
+                    done[r] = live == float("-inf") or ranked(live, t + 1 if length_penalty <= 0 else max_new_tokens) <= worst
+            sequences, scores = new_sequences, new_scores
+            if all(done) or t + 1 == max_new_tokens:
+                break
+            device = logits.device
+            logits = steps.send((torch.tensor(token, device=device), torch.tensor(order, device=device)))
+        steps.close()
+        out = []
+        for r in range(rows):
+            pool = list(finished[r])
+            for j in range(k):
+                if scores[r, j] > float("-inf"):
+                    pool.append((ranked(float(scores[r, j]), len(sequences[r][j])), float(scores[r, j]), sequences[r][j]))
+            _, total, tokens = max(pool, key=lambda f: f[0])
+            out.append((tokens, total))
+        return out
 
     def decoder_start_id(self) -> int:
         config = self.model.config

@@ -25,9 +25,11 @@ class GenerationConfig:
     max_length: int = 256  # input tokens, prompt included
     max_target_length: int = 64  # target tokens kept for training
     max_new_tokens: int = 64  # tokens generated at evaluation and prediction
+    num_beams: int = 1  # 1: greedy decoding; more: beam search
+    length_penalty: float = 1.0  # beam search ranks finished outputs by log-probability / length ** this
 
     def __post_init__(self):
-        for name, low in (("max_length", 8), ("max_target_length", 1), ("max_new_tokens", 1)):
+        for name, low in (("max_length", 8), ("max_target_length", 1), ("max_new_tokens", 1), ("num_beams", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"task.{name}={value!r} must be a whole number >= {low}")

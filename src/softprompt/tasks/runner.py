@@ -97,15 +97,25 @@ def predict_logits(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared:
 @torch.no_grad()
 def generate_texts(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared: Sequence[Prepared],
                    batch_size: int = 16) -> list[str]:
-    """Greedy output text for generation items that may belong to different tasks (and methods),
-    decoded together: each row keeps its own prompt, stop token and token budget."""
+    """Output text for generation items that may belong to different tasks (and methods), decoded
+    together (greedy, or beam search for tasks that ask for it): each row keeps its own prompt,
+    stop token and token budget."""
     from tqdm.auto import tqdm
 
-    order = sorted(range(len(prepared)), key=lambda i: len(prepared[i].item.prefix))
+    def decoding(i):  # rows decoded alike share batches: greedy rows together, each beam setting together
+        config = units[prepared[i].key].task.config
+        return (config.num_beams, config.length_penalty if config.num_beams > 1 else 0.0)
+
+    order = sorted(range(len(prepared)), key=lambda i: (decoding(i), len(prepared[i].item.prefix)))
+    chunks: list[list[int]] = []
+    for i in order:
+        if chunks and len(chunks[-1]) < batch_size and decoding(chunks[-1][0]) == decoding(i):
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
     texts: list[str] = [""] * len(prepared)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="generate", unit="batch", leave=False, disable=None if len(starts) > 1 else True):
-        chunk = [prepared[i] for i in order[start : start + batch_size]]
+    for indices in tqdm(chunks, desc="generate", unit="batch", leave=False, disable=None if len(chunks) > 1 else True):
+        chunk = [prepared[i] for i in indices]
         tasks = [units[p.key].task for p in chunk]
         prompts: dict = {}
         for key in dict.fromkeys(p.key for p in chunk):
@@ -115,8 +125,14 @@ def generate_texts(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared:
         stops = {t.eos_id for t in tasks}
         longest = max(t.config.max_new_tokens for t in tasks)
         # One shared stop id ends the loop early once every row has produced it; otherwise run to the budget.
-        tokens, _ = pm.generate(batch, prompts, longest, next(iter(stops)) if len(stops) == 1 else None)
-        for i, task, row in zip(order[start : start + batch_size], tasks, tokens.tolist()):
+        stop_id = next(iter(stops)) if len(stops) == 1 else None
+        if tasks[0].config.num_beams > 1:
+            found = pm.beam_search(batch, prompts, longest, tasks[0].config.num_beams, stop_id,
+                                   tasks[0].config.length_penalty)
+            rows = [tokens for tokens, _ in found]
+        else:
+            rows = pm.generate(batch, prompts, longest, stop_id)[0].tolist()
+        for i, task, row in zip(indices, tasks, rows):
             row = row[: task.config.max_new_tokens]
             if task.eos_id in row:
                 row = row[: row.index(task.eos_id)]
