@@ -18,6 +18,7 @@ METHOD_CONFIGS = {
     "ptuning": {"num_virtual_tokens": 4, "encoder": "lstm", "init": "vocab"},
     "ptuning_v2": {"prefix_length": 3, "init": "random"},
     "prefix_tuning": {"prefix_length": 2, "hidden": 16, "init": "words", "init_text": "good bad"},
+    "hard_prompt": {},
 }
 EXAMPLES = [Example("a warm and funny film", label="pos"), Example("the plot is dull", label="neg"),
             Example("boring , slow and far too long", label="neg")]
@@ -63,9 +64,13 @@ def test_round_trip_and_backward(base, method, tmp_path):
     unit = _unit(base, "x", method)
     items = [Prepared("x", unit.task.prepare(e)) for e in EXAMPLES]
     logits = torch.stack(class_logits(pm, {"x": unit}, items))
-    (logits * torch.randn_like(logits)).sum().backward()
-    grads = [p.grad for p in unit.method.parameters() if p.requires_grad]
-    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+    if method == "hard_prompt":  # nothing trainable in the prompt; an encoder's head still learns
+        assert not list(unit.method.parameters())
+        assert logits.requires_grad == (base.info.kind.value == "encoder")
+    else:
+        (logits * torch.randn_like(logits)).sum().backward()
+        grads = [p.grad for p in unit.method.parameters() if p.requires_grad]
+        assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
     cls, cfg = method_config({"name": method, **METHOD_CONFIGS[method]})
     meta = {"method": method, "method_config": {k: (v.value if hasattr(v, "value") else v) for k, v in vars(cfg).items()},
             "task": {"kind": "classification", "template": str(unit.task.template), "labels": ["pos", "neg"],

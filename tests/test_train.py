@@ -148,3 +148,33 @@ def test_an_unset_learning_rate_is_the_methods_default_and_is_recorded(tmp_path,
     config["method"] = method
     result = api.train(config, progress=False, log=lambda s: None)
     assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["training"]["lr"] == expected
+
+
+def test_a_hard_prompt_is_saved_as_written_and_served_like_a_trained_one(tmp_path):
+    """method hard_prompt on a verbalizer: nothing trains, the artifact holds the template and
+    label words, its dev metrics are the zero-shot ones, and it mixes with soft prompts."""
+    import softprompt
+
+    config = run_config(tmp_path, steps=4)
+    hard = api.train(config, ["method={name: hard_prompt}", "output=" + str(tmp_path / "hard")],
+                     progress=False, log=lambda s: None)
+    saved = PromptArtifact.load(hard.artifact)
+    assert saved.tensors == {} and saved.meta["method"] == "hard_prompt" and hard.steps == 0
+    assert "{mask}" in saved.meta["task"]["template"]
+    soft = api.train(config, ["output=" + str(tmp_path / "soft")], progress=False, log=lambda s: None)
+    base = api.load_model(config["model"])
+    prompts = {"hard": api.load_prompt(hard.artifact, base), "soft": api.load_prompt(soft.artifact, base)}
+    requests = [("hard", "great cast"), ("soft", "great cast"), ("hard", "boring and slow")]
+    for (name, text), got in zip(requests, softprompt.predict_mixed(prompts, requests)):
+        (alone,) = softprompt.predict(prompts[name], [text])
+        assert got.label == alone.label
+        assert all(abs(got.probabilities[k] - alone.probabilities[k]) < 1e-5 for k in got.probabilities)
+    assert softprompt.evaluate(hard.artifact, config["data"]["dev"])["accuracy"] == hard.metrics["dev"]["accuracy"]
+
+
+def test_a_hard_prompt_on_an_encoder_trains_only_the_head(tmp_path):
+    result = api.train(run_config(tmp_path, "bert", steps=6), ["method={name: hard_prompt}"], progress=False,
+                       log=lambda s: None)
+    saved = PromptArtifact.load(result.artifact)
+    assert result.steps == 6 and set(saved.tensors) == {k for k in saved.tensors if k.startswith("head.")}
+    assert saved.tensors and result.trainable_parameters == sum(t.numel() for t in saved.tensors.values())

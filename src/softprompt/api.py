@@ -25,7 +25,7 @@ from .tasks.classification import ClassificationConfig, ClassificationTask
 from .tasks.conll import TokenExample, read_token_examples
 from .tasks.metrics import format_report
 from .tasks.readers import Example, read_examples, sample_k_per_class, split_examples
-from .tasks.runner import Prepared, TaskPrompt, generate_texts, predict_logits
+from .tasks.runner import Prepared, TaskPrompt, export_unit, generate_texts, predict_logits
 from .tasks.generation import GenerationConfig, GenerationTask
 from .tasks.token_labelling import TokenLabellingConfig, TokenLabellingTask
 
@@ -161,7 +161,7 @@ def train(
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train a prompt as the config says; writes the artifact, resolved config and logs to the run dir."""
-    from .train.loop import fit
+    from .train.loop import FitResult, fit
 
     config = load_run_config(config, overrides)
     data = config.data
@@ -199,8 +199,13 @@ def train(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     t = config.training
     evaluate = (lambda: _evaluate_items(pm, unit, dev_items, dev_examples, t.eval_batch_size, t.padding_side)) if dev_items else None
-    result = fit(pm, unit, train_items, t, run_dir, evaluate=evaluate, resume=resume, progress=progress,
-                 on_step=on_step, log=log)
+    if trainable:
+        result = fit(pm, unit, train_items, t, run_dir, evaluate=evaluate, resume=resume, progress=progress,
+                     on_step=on_step, log=log)
+    else:  # a hard prompt on a verbalizer: nothing to train, the prompt is kept as written
+        log("nothing trainable (a hard prompt): saving it as written and evaluating it")
+        result = FitResult(best_tensors=export_unit(unit), best_metric=None, best_step=0, steps_done=0, history=[],
+                           train_seconds=0.0, samples_per_second=0.0, stopped_early=False)
     meta = {
         "method": method_cls.name,
         "method_config": to_dict(m_config),

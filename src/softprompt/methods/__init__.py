@@ -1,12 +1,15 @@
 """Prompt methods, one small module each, registered by name."""
 
 from .base import Injection, METHODS, get_method, register_method
+from .hard_prompt import HardPrompt, HardPromptConfig
 from .prefix_tuning import PrefixTuning, PrefixTuningConfig
 from .prompt_tuning import PromptTuning, PromptTuningConfig
 from .ptuning import PTuning, PTuningConfig
 from .ptuning_v2 import PTuningV2, PTuningV2Config
 
 __all__ = [
+    "HardPrompt",
+    "HardPromptConfig",
     "Injection",
     "METHODS",
     "PTuning",
