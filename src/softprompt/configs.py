@@ -276,12 +276,16 @@ def load_run_config(source: str | Path | Mapping | RunConfig, overrides: Sequenc
     data = apply_overrides(_deep_copy(data), overrides)
     config = from_dict(RunConfig, data)
     if base_dir is not None:
-        # Data paths in a config file are relative to the file, so a config works from anywhere.
-        for name in ("train", "dev", "test"):
-            value = getattr(config.data, name)
-            if value and not Path(value).is_absolute() and not Path(value).exists() and (base_dir / value).exists():
-                setattr(config.data, name, str(base_dir / value))
+        resolve_data_paths(config.data, base_dir)
     return config
+
+
+def resolve_data_paths(data: "DataConfig", base_dir: Path) -> None:
+    """Data paths in a config file are relative to the file, so a config works from anywhere."""
+    for name in ("train", "dev", "test"):
+        value = getattr(data, name)
+        if value and not Path(value).is_absolute() and not Path(value).exists() and (base_dir / value).exists():
+            setattr(data, name, str(base_dir / value))
 
 
 def _deep_copy(data):

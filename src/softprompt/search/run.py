@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..configs import DataConfig, ModelConfig, apply_overrides, from_dict, read_yaml, to_dict
+from ..configs import DataConfig, ModelConfig, apply_overrides, from_dict, read_yaml, resolve_data_paths, to_dict
 from ..errors import ConfigError
 from ..models import BaseModel, load_base
 from ..tasks.readers import read_examples
@@ -76,10 +76,7 @@ def load_search_config(source: str | Path | Mapping | SearchConfig, overrides: S
     data = apply_overrides(data, overrides)
     config = from_dict(SearchConfig, data)
     if base_dir is not None:
-        for name in ("train", "dev", "test"):
-            value = getattr(config.data, name)
-            if value and not Path(value).is_absolute() and not Path(value).exists() and (base_dir / value).exists():
-                setattr(config.data, name, str(base_dir / value))
+        resolve_data_paths(config.data, base_dir)
     return config
 
 

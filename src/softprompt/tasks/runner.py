@@ -61,6 +61,15 @@ def class_logits(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared: S
     return out
 
 
+def mixed_loss(pm: PromptedModel, units: Mapping[str, TaskPrompt], batch: Sequence[Prepared]) -> torch.Tensor:
+    """Mean loss over a batch whose items may belong to different tasks, each scored by its own task."""
+    outputs = class_logits(pm, units, batch)
+    total = sum(units[key].task.loss_sum([o for o, p in zip(outputs, batch) if p.key == key],
+                                         [p.item for p in batch if p.key == key])
+                for key in dict.fromkeys(p.key for p in batch))
+    return total / len(batch)
+
+
 def export_unit(unit: TaskPrompt) -> dict[str, torch.Tensor]:
     """The final tensors of a task prompt: 'prompt.*' from the method, 'head.*' from the task."""
     tensors = {f"prompt.{k}": v for k, v in unit.method.export().items()} if unit.method is not None else {}

@@ -233,7 +233,7 @@ def finetune_projector(projector: Projector, sources: Sequence[tuple], *, base, 
     from .. import api
     from ..configs import load_run_config
     from ..tasks.readers import sample_k_per_class
-    from ..tasks.runner import TaskPrompt, class_logits
+    from ..tasks.runner import TaskPrompt, mixed_loss
 
     if not sources:
         raise ConfigError("task-loss fine-tuning needs at least one (source prompt, target task config) pair")
@@ -259,10 +259,7 @@ def finetune_projector(projector: Projector, sources: Sequence[tuple], *, base, 
     rng = random.Random(seed)
     for step in range(1, steps + 1):
         batch = [items[rng.randrange(len(items))] for _ in range(batch_size)]
-        outputs = class_logits(pm, units, batch)
-        loss = sum(units[k].task.loss_sum([o for o, p in zip(outputs, batch) if p.key == k],
-                                          [p.item for p in batch if p.key == k])
-                   for k in dict.fromkeys(p.key for p in batch)) / len(batch)
+        loss = mixed_loss(pm, units, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)

@@ -113,7 +113,7 @@ def multitask_mixture(sources: Sequence, *, steps: int, base, output: str | Path
     from ..configs import load_run_config, to_dict
     from ..methods.prompt_tuning import PromptTuning, PromptTuningConfig
     from ..tasks.readers import sample_k_per_class
-    from ..tasks.runner import TaskPrompt, class_logits
+    from ..tasks.runner import TaskPrompt, mixed_loss
 
     if not sources:
         raise ConfigError("the multitask mixture needs at least one source task")
@@ -139,10 +139,7 @@ def multitask_mixture(sources: Sequence, *, steps: int, base, output: str | Path
     started = time.perf_counter()
     for step in range(1, steps + 1):
         batch = [items[rng.randrange(len(items))] for _ in range(batch_size)]
-        outputs = class_logits(pm, units, batch)
-        loss = sum(units[key].task.loss_sum([o for o, p in zip(outputs, batch) if p.key == key],
-                                            [p.item for p in batch if p.key == key])
-                   for key in dict.fromkeys(p.key for p in batch)) / len(batch)
+        loss = mixed_loss(pm, units, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(method.parameters(), 1.0)
