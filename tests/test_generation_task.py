@@ -120,3 +120,13 @@ def test_beam_search_and_greedy_rows_in_one_call_match_each_decoded_alone(tmp_pa
                                     [(name, t) for t in texts for name in ("greedy", "beam")])
     assert [p.label for p in both[0::2]] == [p.label for p in api.predict(greedy, texts)]
     assert [p.label for p in both[1::2]] == [p.label for p in api.predict(beam, texts)]
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_zero_shot_generation_with_a_hard_prompt(tmp_path, family):
+    config = _config(tmp_path, family, "prompt_tuning")
+    config["method"] = {"name": "hard_prompt"}
+    result = api.train(config, progress=False, log=lambda s: None)
+    assert result.steps == 0 and {"bleu", "rougeL"} <= set(result.metrics["dev"])
+    (pred,) = api.predict(result.artifact, ["good film"])
+    assert isinstance(pred.label, str)
