@@ -43,7 +43,7 @@ class PTuningV2(nn.Module):
     """Per-stack (layers, 2, kv_heads, prefix_length, head_dim) float32 parameters."""
 
     name: ClassVar[str] = "ptuning_v2"
-    default_lrs: ClassVar[dict] = {"any": 3e-3, "encoder": 1e-2}  # training.lr when unset, by model kind (SST-2/smollm2 and minilm-l6, bench/results)
+    default_lrs: ClassVar[dict] = {"any": 3e-3, "encoder": 3e-2}  # training.lr when unset, by model kind (SST-2/smollm2; SST-2 and CoNLL on minilm-l6: bench/results/minilm_*)
     Config: ClassVar[type] = PTuningV2Config
     injections: ClassVar[frozenset] = frozenset({Injection.DEEP})
     num_virtual_tokens: ClassVar[int] = 0
