@@ -56,15 +56,24 @@ def test_train_evaluate_predict_round_trip(tmp_path, family, method):
 
 
 def test_bleu_uses_every_reference_of_a_repeated_input(tmp_path):
-    from softprompt.tasks.generation import GenerationTask
+    """Rows that repeat an input are decoded once and scored against all of their references."""
+    from softprompt.tasks.generation import GenerationTask, GenItem
 
     task = GenerationTask.__new__(GenerationTask)
-    import sacrebleu
+    decoded = []
 
-    # A perfect match against the second reference scores 100 only if both references are used.
-    streams = [["x y z w"], ["great cast and a fine film"]]
-    assert sacrebleu.corpus_bleu(["great cast and a fine film"], streams).score == pytest.approx(100.0)
-    assert sacrebleu.corpus_bleu(["great cast and a fine film"], streams[:1]).score < 10
+    def generate(pm, unit, prefixes, batch_size=16):
+        decoded.append(list(prefixes))
+        return ["great cast and a fine film"] * len(prefixes)
+
+    task.generate = generate
+    prepared = [Prepared("x", GenItem([], (1, 2), [])), Prepared("x", GenItem([], (1, 2), []))]
+    examples = [Example("mr", label="x y z w"), Example("mr", label="great cast and a fine film")]
+    scores = task.evaluate(None, None, prepared, examples)
+    assert decoded == [[(1, 2)]] and scores["n"] == 1
+    assert scores["bleu"] == pytest.approx(100.0)  # only true if the second reference was used
+    alone = task.evaluate(None, None, prepared[:1], examples[:1])
+    assert alone["bleu"] < 10
 
 
 def test_generation_on_an_encoder_fails_at_configuration(tmp_path):

@@ -8,7 +8,7 @@ from softprompt.core import PromptArtifact, PromptedModel
 from softprompt.errors import ArtifactError, DataError
 from softprompt.tasks.readers import Example
 from softprompt.tasks.runner import Prepared, TaskPrompt, class_logits, export_unit, predict_logits
-from tiny import CAUSAL, ENCODERS, FAMILIES, SEQ2SEQ, tiny_base
+from tiny import FAMILIES, tiny_base
 
 EXAMPLES = [
     Example("a warm and funny film", label="pos"),

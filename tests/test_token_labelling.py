@@ -2,7 +2,6 @@
 metrics, round trip, prediction, and clear errors."""
 
 import pytest
-import torch
 
 from softprompt import api
 from softprompt.core import PromptArtifact
