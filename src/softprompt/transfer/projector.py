@@ -233,7 +233,7 @@ def finetune_projector(projector: Projector, sources: Sequence[tuple], *, base, 
     from .. import api
     from ..configs import load_run_config
     from ..tasks.readers import sample_k_per_class
-    from ..tasks.runner import TaskPrompt, mixed_loss
+    from ..tasks.runner import TaskPrompt, train_mixed
 
     if not sources:
         raise ConfigError("task-loss fine-tuning needs at least one (source prompt, target task config) pair")
@@ -256,16 +256,7 @@ def finetune_projector(projector: Projector, sources: Sequence[tuple], *, base, 
         items.extend(api.prepare(task, key, examples))
     pm = PromptedModel(base)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=lr, weight_decay=0.0)
-    rng = random.Random(seed)
-    for step in range(1, steps + 1):
-        batch = [items[rng.randrange(len(items))] for _ in range(batch_size)]
-        loss = mixed_loss(pm, units, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
-        optimizer.step()
-        if step % max(1, steps // 5) == 0 or step == steps:
-            log(f"projector fine-tune: step {step}/{steps} loss {loss.item():.4f}")
+    train_mixed(pm, units, items, optimizer, projector.parameters(), steps, batch_size, seed, log, "projector fine-tune")
     projector.meta.setdefault("finetune", []).append({"steps": steps, "lr": lr, "tasks": len(sources)})
     return projector
 

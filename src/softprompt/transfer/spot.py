@@ -12,7 +12,6 @@ Each gives method overrides (`init: artifact`, `init_from`, `init_weights`) for 
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -113,7 +112,7 @@ def multitask_mixture(sources: Sequence, *, steps: int, base, output: str | Path
     from ..configs import load_run_config, to_dict
     from ..methods.prompt_tuning import PromptTuning, PromptTuningConfig
     from ..tasks.readers import sample_k_per_class
-    from ..tasks.runner import TaskPrompt, mixed_loss
+    from ..tasks.runner import TaskPrompt, train_mixed
 
     if not sources:
         raise ConfigError("the multitask mixture needs at least one source task")
@@ -134,18 +133,9 @@ def multitask_mixture(sources: Sequence, *, steps: int, base, output: str | Path
     heads = [p for u in units.values() for p in u.task.parameters() if p.requires_grad]
     groups = [{"params": [method.embedding], "lr": lr}] + ([{"params": heads, "lr": 2e-3}] if heads else [])
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-    rng = random.Random(seed)
     torch.manual_seed(seed)
     started = time.perf_counter()
-    for step in range(1, steps + 1):
-        batch = [items[rng.randrange(len(items))] for _ in range(batch_size)]
-        loss = mixed_loss(pm, units, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(method.parameters(), 1.0)
-        optimizer.step()
-        if step % max(1, steps // 5) == 0 or step == steps:
-            log(f"multitask mixture: step {step}/{steps} loss {loss.item():.4f}")
+    train_mixed(pm, units, items, optimizer, method.parameters(), steps, batch_size, seed, log, "multitask mixture")
     first = next(iter(units.values())).task
     meta = {
         "method": "prompt_tuning", "name": "mixture-" + "+".join(names),
