@@ -322,64 +322,58 @@ class Prediction:
 
 def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example], *, batch_size: int = 32,
             allow_model_mismatch: bool = False, base: BaseModel | None = None) -> list[Prediction]:
-    """Label and class probabilities for each text (or Example, for text pairs)."""
+    """Label and class probabilities for each text (or Example, for text pairs); a tag per word for
+    token labelling; the generated text for generation."""
     loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(
         artifact, base, allow_model_mismatch=allow_model_mismatch
     )
-    if loaded.unit.task.kind == "token_labelling":
-        return _predict_tags(loaded, inputs, batch_size)
-    if loaded.unit.task.kind == "generation":
-        return _predict_text(loaded, inputs, batch_size)
-    examples = _unlabelled(inputs)
-    pm = PromptedModel(loaded.base)
-    items = prepare(loaded.unit.task, loaded.unit.key, examples)
-    logits = predict_logits(pm, {loaded.unit.key: loaded.unit}, items, batch_size, progress=len(items) > batch_size)
-    out = []
-    for example, value in zip(examples, logits):
-        probs = torch.softmax(value, -1).tolist()
-        best = max(range(len(probs)), key=probs.__getitem__)
-        out.append(Prediction(loaded.labels[best], dict(zip(loaded.labels, probs)), example.text, example.source))
-    return out
+    key = loaded.unit.key
+    examples = [_unlabelled(loaded.unit.task.kind, value, f"input {i + 1}") for i, value in enumerate(inputs)]
+    return _predictions({key: loaded}, [key] * len(examples), examples, batch_size)
 
 
-def _unlabelled(inputs: Sequence[str | Example]) -> list[Example]:
-    """Texts (or Examples) as unlabelled Examples; DataError for an empty text."""
-    examples = []
-    for i, value in enumerate(inputs):
-        example = value if isinstance(value, Example) else Example(text=str(value), source=f"input {i + 1}")
-        if not example.text.strip():
-            raise DataError(f"{example.source or f'input {i + 1}'}: empty text")
-        examples.append(Example(example.text, example.text_b, None, example.source, example.fields))
-    return examples
-
-
-def _predict_text(loaded: LoadedPrompt, inputs, batch_size: int) -> list[Prediction]:
-    """The generated output text for each input."""
-    examples = _unlabelled(inputs)
-    task = loaded.unit.task
-    items = [task.prepare(e) for e in examples]
-    outputs = task.generate(PromptedModel(loaded.base), loaded.unit, [item.prefix for item in items], batch_size)
-    return [Prediction(o, {}, e.text, e.source) for o, e in zip(outputs, examples)]
-
-
-def _predict_tags(loaded: LoadedPrompt, inputs, batch_size: int) -> list[Prediction]:
-    """A tag per word (words split on whitespace) for each text or TokenExample."""
-    examples = []
-    for i, value in enumerate(inputs):
+def _unlabelled(kind: str, value, source: str):
+    """An input as an unlabelled Example (TokenExample for token labelling); DataError when empty."""
+    if kind == "token_labelling":
         if isinstance(value, TokenExample):
-            examples.append(TokenExample(value.tokens, None, value.source))
-            continue
+            return TokenExample(value.tokens, None, value.source or source)
         text = value.text if isinstance(value, Example) else str(value)
         if not text.split():
-            raise DataError(f"input {i + 1}: empty text")
-        examples.append(TokenExample(tuple(text.split()), None, f"input {i + 1}"))
-    task = loaded.unit.task
-    items = prepare(task, loaded.unit.key, examples)
-    outputs = predict_logits(PromptedModel(loaded.base), {loaded.unit.key: loaded.unit}, items, batch_size)
-    out = []
-    for example, item, logits in zip(examples, items, outputs):
-        tags = task.decode(logits, item.item)
-        out.append(Prediction(" ".join(tags), {}, " ".join(example.tokens), example.source, tags))
+            raise DataError(f"{source}: empty text")
+        return TokenExample(tuple(text.split()), None, source)
+    example = value if isinstance(value, Example) else Example(text=str(value), source=source)
+    if not example.text.strip():
+        raise DataError(f"{example.source or source}: empty text")
+    return Example(example.text, example.text_b, None, example.source or source, example.fields)
+
+
+def _predictions(prompts: Mapping[str, LoadedPrompt], names: Sequence[str], examples: Sequence,
+                 batch_size: int) -> list[Prediction]:
+    """Predictions for examples that each name their prompt, in shared batches over one base model:
+    generation rows decoded together, classification and token-labelling rows scored together."""
+    units = {name: p.unit for name, p in prompts.items()}
+    prepared = [Prepared(name, units[name].task.prepare(e)) for name, e in zip(names, examples)]
+    pm = PromptedModel(next(iter(prompts.values())).base)
+    kinds = [units[name].task.kind for name in names]
+    out: list[Prediction | None] = [None] * len(examples)
+    generated = [i for i, kind in enumerate(kinds) if kind == "generation"]
+    if generated:
+        texts = generate_texts(pm, units, [prepared[i] for i in generated], batch_size)
+        for i, text in zip(generated, texts):
+            out[i] = Prediction(text, {}, examples[i].text, examples[i].source)
+    scored = [i for i, kind in enumerate(kinds) if kind != "generation"]
+    logits = predict_logits(pm, units, [prepared[i] for i in scored], batch_size,
+                            progress=len(scored) > batch_size) if scored else []
+    for i, value in zip(scored, logits):
+        name, example = names[i], examples[i]
+        if kinds[i] == "token_labelling":
+            tags = units[name].task.decode(value, prepared[i].item)
+            out[i] = Prediction(" ".join(tags), {}, " ".join(example.tokens), example.source, tags)
+            continue
+        labels = prompts[name].labels
+        probs = torch.softmax(value, -1).tolist()
+        best = max(range(len(probs)), key=probs.__getitem__)
+        out[i] = Prediction(labels[best], dict(zip(labels, probs)), example.text, example.source)
     return out
 
 
@@ -394,45 +388,12 @@ def predict_mixed(prompts: Mapping[str, LoadedPrompt], requests: Sequence[tuple[
     bases = {id(p.base) for p in prompts.values()}
     if len(bases) != 1:
         raise ConfigError("predict_mixed serves prompts of one base model object; load them all onto the same base")
-    units = {name: p.unit for name, p in prompts.items()}
-    prepared, examples = [], []
+    examples = []
     for i, (name, value) in enumerate(requests):
-        if name not in units:
-            raise DataError(f"request {i + 1}: unknown task {name!r} (tasks: {', '.join(units)})")
-        source = f"request {i + 1}"
-        if units[name].task.kind == "token_labelling":
-            text = value.text if isinstance(value, Example) else str(value)
-            if not text.split():
-                raise DataError(f"{source}: empty text")
-            example = TokenExample(tuple(text.split()), None, source)
-        else:
-            example = value if isinstance(value, Example) else Example(text=str(value), source=source)
-            if not example.text.strip():
-                raise DataError(f"{source}: empty text")
-            example = Example(example.text, example.text_b, None, example.source, example.fields)
-        examples.append(example)
-        prepared.append(Prepared(name, units[name].task.prepare(example)))
-    pm = PromptedModel(next(iter(prompts.values())).base)
-    kinds = [units[name].task.kind for name, _ in requests]
-    out: list[Prediction | None] = [None] * len(requests)
-    generated = [i for i, kind in enumerate(kinds) if kind == "generation"]
-    if generated:
-        texts = generate_texts(pm, units, [prepared[i] for i in generated], batch_size)
-        for i, text in zip(generated, texts):
-            out[i] = Prediction(text, {}, examples[i].text, examples[i].source)
-    scored = [i for i, kind in enumerate(kinds) if kind != "generation"]
-    logits = predict_logits(pm, units, [prepared[i] for i in scored], batch_size) if scored else []
-    for i, value in zip(scored, logits):
-        name, example = requests[i][0], examples[i]
-        if kinds[i] == "token_labelling":
-            tags = units[name].task.decode(value, prepared[i].item)
-            out[i] = Prediction(" ".join(tags), {}, " ".join(example.tokens), example.source, tags)
-            continue
-        labels = prompts[name].labels
-        probs = torch.softmax(value, -1).tolist()
-        best = max(range(len(probs)), key=probs.__getitem__)
-        out[i] = Prediction(labels[best], dict(zip(labels, probs)), example.text, example.source)
-    return out
+        if name not in prompts:
+            raise DataError(f"request {i + 1}: unknown task {name!r} (tasks: {', '.join(prompts)})")
+        examples.append(_unlabelled(prompts[name].unit.task.kind, value, f"request {i + 1}"))
+    return _predictions(prompts, [name for name, _ in requests], examples, batch_size)
 
 
 def predict_file(artifact: str | Path | LoadedPrompt, in_path: str | Path, out_path: str | Path | None = None, *,
