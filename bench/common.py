@@ -55,3 +55,13 @@ def medians(runs: list[dict]) -> dict:
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
+
+
+def side_or_lrs(a, ours, other) -> dict[str, str] | None:
+    """With --side: run that side here, print its JSON and return None. Otherwise the per-side
+    learning rates of --lr ("side=lr,...") for the parent to pass on."""
+    if a.side:
+        a.lr = float(a.lr)
+        print(json.dumps(ours(a) if a.side == "ours" else other(a)))
+        return None
+    return dict(item.split("=") for item in a.lr.split(","))

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, machine, peak_rss_mb, run_side  # noqa: E402
+from common import SHARED, machine, peak_rss_mb, run_side, side_or_lrs  # noqa: E402
 
 E2E = SHARED / "e2e"
 INIT_TEXT = "Describe the restaurant in one fluent sentence using every attribute."
@@ -170,11 +170,9 @@ def main():
     parser.add_argument("--workdir", default="runs/bench-e2e")
     parser.add_argument("--out", default=None)
     a = parser.parse_args()
-    if a.side:
-        a.lr = float(a.lr)
-        print(json.dumps(ours(a) if a.side == "ours" else transformers_side(a)))
+    lrs = side_or_lrs(a, ours, transformers_side)
+    if lrs is None:
         return
-    lrs = dict(item.split("=") for item in a.lr.split(","))
     keep = [f"--steps={a.steps}", f"--batch={a.batch}", f"--tokens={a.tokens}", f"--seed={a.seed}",
             f"--max-new-tokens={a.max_new_tokens}", f"--test-rows={a.test_rows}", f"--workdir={a.workdir}"]
     runs = {}

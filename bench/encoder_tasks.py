@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, machine, peak_rss_mb, run_side  # noqa: E402
+from common import SHARED, machine, peak_rss_mb, run_side, side_or_lrs  # noqa: E402
 
 SST2 = SHARED / "sentence-classification"
 FILES = {  # task: (train, dev, reader format)
@@ -202,11 +202,9 @@ def main():
     parser.add_argument("--workdir", default="runs/bench-encoder")
     parser.add_argument("--out", default=None)
     a = parser.parse_args()
-    if a.side:
-        a.lr = float(a.lr)
-        print(json.dumps(ours(a) if a.side == "ours" else transformers_side(a)))
+    lrs = side_or_lrs(a, ours, transformers_side)
+    if lrs is None:
         return
-    lrs = dict(item.split("=") for item in a.lr.split(","))
     sides = a.sides.split(",")
     runs = {side: [] for side in sides}
     keep = [f"--task={a.task}", f"--method={a.method}", f"--steps={a.steps}", f"--batch={a.batch}",

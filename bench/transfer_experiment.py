@@ -100,6 +100,25 @@ def config(name: str, files: dict, a, *, out: Path, steps: int, method: dict | N
     }
 
 
+def few_shot_run(a, base, files, rows, folder, target, shots, seed, kind, overrides, task=None):
+    """One k-shot target run from one initialisation; its dev accuracy and history go into rows[kind]."""
+    from softprompt import api
+
+    c = config(target, files, a, out=a.work / folder / f"{target}-{shots}-{seed}-{kind}",
+               steps=a.target_steps, k_shot=shots, seed=seed)
+    if task is not None:
+        c["task"] = task
+    r = api.train(c, overrides, base=base, progress=False, log=lambda _: None)
+    rows.setdefault(kind, []).append({"seed": seed, "accuracy": r.metrics["dev"]["accuracy"], "history": r.history})
+    print(f"{target} {shots}-shot seed {seed} {kind}: {r.metrics['dev']['accuracy']:.4f}", flush=True)
+
+
+def summary(rows):
+    """Mean and (population) std of accuracy per initialisation, with the runs."""
+    return {kind: {"mean": statistics.mean(x["accuracy"] for x in v),
+                   "std": statistics.pstdev(x["accuracy"] for x in v), "runs": v} for kind, v in rows.items()}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -200,15 +219,8 @@ def main():
                          "spot_average": weighted_average_init([(r.path, r.score) for r in top]),
                          "spot_mixture": init_overrides([mix])}
                 for kind, overrides in inits.items():
-                    c = config(target, files, a, out=a.work / "few" / f"{target}-{shots}-{seed}-{kind}",
-                               steps=a.target_steps, k_shot=shots, seed=seed)
-                    r = api.train(c, overrides, base=base, **quiet)
-                    rows.setdefault(kind, []).append({"seed": seed, "accuracy": r.metrics["dev"]["accuracy"],
-                                                      "history": r.history})
-                    print(f"{target} {shots}-shot seed {seed} {kind}: {r.metrics['dev']['accuracy']:.4f}", flush=True)
-            result["few_shot"][f"{target}-{shots}"] = {
-                kind: {"mean": statistics.mean(x["accuracy"] for x in v),
-                       "std": statistics.pstdev(x["accuracy"] for x in v), "runs": v} for kind, v in rows.items()}
+                    few_shot_run(a, base, files, rows, "few", target, shots, seed, kind, overrides)
+            result["few_shot"][f"{target}-{shots}"] = summary(rows)
     result["wall_seconds"] = round(time.time() - started)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1))
@@ -219,10 +231,8 @@ def main():
 
 def run_ppt(a, base, files, started):
     """PPT: pre-train once on running text, then few-shot targets from vocab init and from the PPT prompt."""
-    from softprompt import api
     from softprompt.transfer import init_overrides, pretrain_prompt, unified_task
 
-    quiet = {"progress": False, "log": lambda _: None}
     t0 = time.time()
     ppt = pretrain_prompt({"name": a.model, "device": "cpu"}, a.ppt_text, a.work / "ppt", steps=a.ppt_steps,
                           n_examples=a.ppt_examples, num_virtual_tokens=a.tokens, lr=a.lr, batch_size=a.batch,
@@ -242,17 +252,8 @@ def run_ppt(a, base, files, started):
                 inits = {"vanilla": ([], None), "ppt": (init_overrides([ppt]), None),
                          "vanilla_unified": ([], unified), "ppt_unified": (init_overrides([ppt]), unified)}
                 for kind, (overrides, task) in inits.items():
-                    c = config(target, files, a, out=a.work / "ppt-few" / f"{target}-{shots}-{seed}-{kind}",
-                               steps=a.target_steps, k_shot=shots, seed=seed)
-                    if task is not None:
-                        c["task"] = task
-                    r = api.train(c, overrides, base=base, **quiet)
-                    rows.setdefault(kind, []).append({"seed": seed, "accuracy": r.metrics["dev"]["accuracy"],
-                                                      "history": r.history})
-                    print(f"{target} {shots}-shot seed {seed} {kind}: {r.metrics['dev']['accuracy']:.4f}", flush=True)
-            result["few_shot"][f"{target}-{shots}"] = {
-                kind: {"mean": statistics.mean(x["accuracy"] for x in v),
-                       "std": statistics.pstdev(x["accuracy"] for x in v), "runs": v} for kind, v in rows.items()}
+                    few_shot_run(a, base, files, rows, "ppt-few", target, shots, seed, kind, overrides, task)
+            result["few_shot"][f"{target}-{shots}"] = summary(rows)
     average = {}
     for shots in a.shots.split(","):
         cells = [v for k, v in result["few_shot"].items() if k.endswith(f"-{shots}")]
