@@ -94,10 +94,29 @@ def config(name: str, files: dict, a, *, out: Path, steps: int, method: dict | N
         "method": method or {"name": "prompt_tuning", "num_virtual_tokens": a.tokens, "init": "vocab", "seed": seed},
         "data": {"train": files["train"], "dev": files["dev"], "k_shot": k_shot,
                  "text_b_field": "text_b" if spec.get("pair") else None, "max_train": a.max_train},
-        "training": {"steps": steps, "batch_size": a.batch, "lr": a.lr, "eval_every": max(1, steps // 4),
-                     "log_every": max(1, steps // 4), "seed": seed, "warmup": 0.0},
+        "training": {"steps": steps, "batch_size": a.batch, "lr": a.lr, "eval_every": max(1, steps // a.evals),
+                     "log_every": max(1, steps // a.evals), "seed": seed, "warmup": 0.0},
         "output": str(out),
     }
+
+
+def source_prompt(a, base, files, name, lib, quiet) -> dict:
+    """Train (or with --reuse, find) one source prompt and put it in the library."""
+    from softprompt import api
+    from softprompt.core import PromptArtifact
+
+    out = a.work / "sources" / name
+    if a.reuse and (out / "metrics.json").exists():
+        meta = PromptArtifact.load(out / "prompt.safetensors").meta
+        found = {"artifact": str(out / "prompt.safetensors"), "dev_accuracy": meta["metrics"]["dev"]["accuracy"],
+                 "train_seconds": meta["training"]["train_seconds"], "reused": True}
+    else:
+        run = api.train(config(name, files, a, out=out, steps=a.source_steps), base=base, **quiet)
+        found = {"artifact": str(run.artifact), "dev_accuracy": run.metrics["dev"]["accuracy"],
+                 "train_seconds": run.train_seconds}
+    if not found.get("reused") or name not in {e.name for e in lib.entries()}:
+        lib.add(found["artifact"], name, task=name, description="transfer experiment source")
+    return found
 
 
 def few_shot_run(a, base, files, rows, folder, target, shots, seed, kind, overrides, task=None):
@@ -136,6 +155,9 @@ def main():
     p.add_argument("--probe-steps", type=int, default=10, help="SPoT task embedding and best-of-top-k runs")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--n-dev", type=int, default=200)
+    p.add_argument("--evals", type=int, default=4, help="dev evaluations per run (the convergence curve's points)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep source prompts (and the PPT prompt) already trained under --work instead of retraining")
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--smoke", action="store_true", help="tiny budgets: check the pipeline only")
     p.add_argument("--ppt", action="store_true", help="the PPT experiment (item 6) instead of SPoT/TPT")
@@ -143,6 +165,8 @@ def main():
     p.add_argument("--ppt-steps", type=int, default=400)
     p.add_argument("--ppt-examples", type=int, default=4000)
     p.add_argument("--ppt-targets", default="sst2,mr,cr,subj,trec")
+    p.add_argument("--ppt-kinds", default="vanilla,ppt,vanilla_unified,ppt_unified",
+                   help="initialisation x template combinations to run per target")
     a = p.parse_args()
     if a.ppt and a.smoke:
         a.ppt_steps, a.ppt_examples, a.target_steps, a.n_dev, a.seeds, a.shots = 3, 60, 3, 16, "0", "16"
@@ -174,11 +198,10 @@ def main():
     result = {"machine": machine(), "args": {k: str(v) for k, v in vars(a).items()}, "sources": {}}
     paths = {}
     for name in sources:  # 2. source prompts
-        run = api.train(config(name, files, a, out=a.work / "sources" / name, steps=a.source_steps), base=base, **quiet)
-        paths[name] = run.artifact
-        lib.add(run.artifact, name, task=name, description="transfer experiment source")
-        result["sources"][name] = {"dev_accuracy": run.metrics["dev"]["accuracy"], "train_seconds": run.train_seconds}
-        print(f"source {name}: dev accuracy {run.metrics['dev']['accuracy']:.4f} ({run.train_seconds:.0f} s)", flush=True)
+        result["sources"][name] = source_prompt(a, base, files, name, lib, quiet)
+        paths[name] = Path(result["sources"][name]["artifact"])
+        print(f"source {name}: dev accuracy {result['sources'][name]['dev_accuracy']:.4f} "
+              f"({result['sources'][name]['train_seconds']:.0f} s)", flush=True)
     # 3. transfer matrix: zero-shot accuracy of source s on target t, relative to t's own prompt
     import numpy as np
 
@@ -234,9 +257,11 @@ def run_ppt(a, base, files, started):
     from softprompt.transfer import init_overrides, pretrain_prompt, unified_task
 
     t0 = time.time()
-    ppt = pretrain_prompt({"name": a.model, "device": "cpu"}, a.ppt_text, a.work / "ppt", steps=a.ppt_steps,
+    ppt = a.work / "ppt" / "prompt.safetensors"
+    if not (a.reuse and (a.work / "ppt" / "metrics.json").exists()):
+        ppt = pretrain_prompt({"name": a.model, "device": "cpu"}, a.ppt_text, a.work / "ppt", steps=a.ppt_steps,
                           n_examples=a.ppt_examples, num_virtual_tokens=a.tokens, lr=a.lr, batch_size=a.batch,
-                          base=base, log=lambda _: None)
+                              base=base, log=lambda _: None, overrides=["data.max_dev=200"])
     from softprompt.core import PromptArtifact
 
     meta = PromptArtifact.load(ppt).meta
@@ -251,7 +276,8 @@ def run_ppt(a, base, files, started):
             for seed in map(int, a.seeds.split(",")):
                 inits = {"vanilla": ([], None), "ppt": (init_overrides([ppt]), None),
                          "vanilla_unified": ([], unified), "ppt_unified": (init_overrides([ppt]), unified)}
-                for kind, (overrides, task) in inits.items():
+                for kind in a.ppt_kinds.split(","):
+                    overrides, task = inits[kind]
                     few_shot_run(a, base, files, rows, "ppt-few", target, shots, seed, kind, overrides, task)
             result["few_shot"][f"{target}-{shots}"] = summary(rows)
     average = {}
