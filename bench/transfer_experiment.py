@@ -155,6 +155,7 @@ def main():
     p.add_argument("--probe-steps", type=int, default=10, help="SPoT task embedding and best-of-top-k runs")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--n-dev", type=int, default=200)
+    p.add_argument("--matrix-limit", type=int, default=None, help="dev examples per cell of the transfer matrix")
     p.add_argument("--evals", type=int, default=4, help="dev evaluations per run (the convergence curve's points)")
     p.add_argument("--reuse", action="store_true",
                    help="keep source prompts (and the PPT prompt) already trained under --work instead of retraining")
@@ -210,7 +211,7 @@ def main():
         for j, t in enumerate(sources):
             c = config(t, files, a, out=a.work / "unused", steps=1)
             score = zero_shot(paths[s], files[t]["dev"], base=base, target_task=c["task"],
-                              text_b_field=c["data"]["text_b_field"])["accuracy"]
+                              text_b_field=c["data"]["text_b_field"], limit=a.matrix_limit)["accuracy"]
             matrix[i, j] = score / result["sources"][t]["dev_accuracy"]
     result["transfer_matrix"] = {"rows_source": sources, "cols_target": sources, "relative": matrix.round(4).tolist()}
     png = heatmap(matrix, sources, sources, a.out.with_name(a.out.stem + "_matrix.png"),
