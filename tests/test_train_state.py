@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
-import softprompt.train.state as state_mod
+import softprompt.training.state as state_mod
 from softprompt.errors import ArtifactError
-from softprompt.train.state import (
+from softprompt.training.state import (
     checkpoint_dir,
     latest_checkpoint,
     load_training_state,

@@ -6,293 +6,35 @@ The CLI is a thin shell over these; everything a command does, a function here d
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import yaml
 
-from . import __version__
-from .configs import DataConfig, ModelConfig, RunConfig, from_dict, load_run_config, to_dict
-from .core import PromptArtifact, PromptedModel
+from .core import PromptedModel
 from .errors import ConfigError, DataError
-from .methods import get_method
-from .methods.base import default_lr
-from .methods.deep_common import check_deep_tensors
-from .models import EMBEDDED, BaseModel, embedded_status, load_base
-from .tasks.classification import ClassificationConfig, ClassificationTask
-from .tasks.conll import TokenExample, read_token_examples
-from .tasks.metrics import format_report
-from .tasks.readers import Example, read_examples, sample_k_per_class, split_examples
-from .tasks.runner import Prepared, TaskPrompt, export_unit, generate_texts, predict_logits
-from .tasks.generation import GenerationConfig, GenerationTask
-from .tasks.token_labelling import TokenLabellingConfig, TokenLabellingTask
-
-TASK_KINDS = {
-    "generation": (GenerationConfig, GenerationTask),
-    "classification": (ClassificationConfig, ClassificationTask),
-    "token_labelling": (TokenLabellingConfig, TokenLabellingTask),
-}
-
-
-def resolve_device(device: str) -> str:
-    """'auto' becomes cuda when a GPU is present, else cpu; anything else is checked and kept."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"model.device={device!r} but no CUDA device is available; use device=cpu")
-    return device
-
-
-def load_model(config: ModelConfig | Mapping | str) -> BaseModel:
-    """The frozen base model a ModelConfig (or a bare name) describes."""
-    if isinstance(config, str):
-        config = ModelConfig(name=config)
-    config = from_dict(ModelConfig, config) if not isinstance(config, ModelConfig) else config
-    return load_base(config.name, dtype=config.dtype, device=resolve_device(config.device))
-
-
-def _split_kind(section: Mapping[str, Any], key: str, default: str) -> tuple[str, dict]:
-    rest = dict(section or {})
-    name = rest.pop(key, default)
-    return str(name), rest
-
-
-def build_task(task_section: Mapping[str, Any], base: BaseModel, labels: Sequence[str], n_prefix: int) -> ClassificationTask:
-    """The task module that a config's task section describes."""
-    kind, rest = _split_kind(task_section, "kind", "classification")
-    if kind not in TASK_KINDS:
-        raise ConfigError(f"task.kind={kind!r} is not one of: {', '.join(TASK_KINDS)}")
-    config_cls, task_cls = TASK_KINDS[kind]
-    return task_cls(from_dict(config_cls, rest, "task."), base, labels, n_prefix)
-
-
-def method_config(method_section: Mapping[str, Any]):
-    """(method class, its validated config) from a config's method section."""
-    name, rest = _split_kind(method_section, "name", "prompt_tuning")
-    cls = get_method(name)
-    return cls, from_dict(cls.Config, rest, "method.")
-
-
-def _labels_of(task_section: Mapping[str, Any], examples: Sequence) -> list[str]:
-    if _task_kind(task_section) == "generation":
-        return []
-    if task_section.get("labels"):
-        return [str(label) for label in task_section["labels"]]
-    if task_section.get("verbalizer"):
-        return [str(label) for label in task_section["verbalizer"]]
-    if examples and isinstance(examples[0], TokenExample):
-        tags = sorted({t for e in examples for t in (e.tags or ())}, key=lambda t: (t != "O", t.split("-")[-1], t))
-        if not tags:
-            raise DataError("the training data has no tags")
-        return tags
-    found = sorted({e.label for e in examples if e.label is not None})
-    if len(found) < 2:
-        raise DataError(f"the training data has {len(found)} distinct label(s); classification needs at least two")
-    return found
-
-
-def _task_kind(task_section: Mapping[str, Any] | None) -> str:
-    return str((task_section or {}).get("kind", "classification"))
-
-
-def read_split(path: str, data: DataConfig, *, require_label: bool = True, limit: int | None = None,
-               kind: str = "classification") -> list:
-    """Examples of one data file, read with the config's format and field names (sentences of
-    token-tag lines for token labelling)."""
-    if kind == "token_labelling":
-        return read_token_examples(path, require_tags=require_label, limit=limit)
-    return read_examples(
-        path,
-        format=None if data.format == "auto" else data.format,
-        text_field=data.text_field,
-        text_b_field=data.text_b_field,
-        label_field=data.label_field if require_label else None,
-        require_label=require_label,
-        limit=limit,
-        skip_empty=data.skip_empty,
-    )
-
-
-def prepare(task: ClassificationTask, key: str, examples: Sequence[Example]) -> list[Prepared]:
-    """Examples turned into rows of one task (errors name file and line)."""
-    return [Prepared(key, task.prepare(e)) for e in examples]
-
-
-@dataclass
-class TrainResult:
-    """Where a run's artifact went and how good it is."""
-
-    artifact: Path
-    run_dir: Path
-    metrics: dict[str, Any]
-    best_step: int
-    steps: int
-    train_seconds: float
-    samples_per_second: float
-    trainable_parameters: int
-    history: list[dict] = field(default_factory=list)
-
-
-def _evaluate_items(pm, unit, items, examples, batch_size, padding_side) -> dict:
-    if hasattr(unit.task, "evaluate"):  # generation: decode, then score the text
-        return unit.task.evaluate(pm, unit, items, examples, batch_size, padding_side)
-    outputs = predict_logits(pm, {unit.key: unit}, items, batch_size, padding_side, progress=True)
-    return unit.task.metrics(outputs, [p.item for p in items], examples)
-
-
-def _random_split(examples: Sequence, fraction: float, seed: int) -> tuple[list, list]:
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_dev = max(1, round(len(examples) * fraction))
-    dev = sorted(order[:n_dev])
-    keep = sorted(order[n_dev:])
-    return [examples[i] for i in keep], [examples[i] for i in dev]
-
-
-def train(
-    config: RunConfig | Mapping | str | Path,
-    overrides: Sequence[str] = (),
-    *,
-    base: BaseModel | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    on_step: Callable[[int], None] | None = None,
-    log: Callable[[str], None] = print,
-) -> TrainResult:
-    """Train a prompt as the config says; writes the artifact, resolved config and logs to the run dir."""
-    from .train.loop import FitResult, fit
-
-    config = load_run_config(config, overrides)
-    data = config.data
-    if not data.train:
-        raise ConfigError("data.train is not set: give the training file (data.train=path/to/train.jsonl)")
-    kind = _task_kind(config.task)
-    train_examples = read_split(data.train, data, limit=data.max_train, kind=kind)
-    dev_examples = read_split(data.dev, data, limit=data.max_dev, kind=kind) if data.dev else []
-    if not dev_examples and data.dev_fraction > 0 and len(train_examples) >= 10:
-        split = split_examples if kind == "classification" else _random_split
-        train_examples, dev_examples = split(train_examples, data.dev_fraction, config.training.seed)
-    if data.k_shot and kind != "classification":
-        raise ConfigError("data.k_shot samples k examples per class; it applies to classification only")
-    if data.k_shot:
-        train_examples = sample_k_per_class(train_examples, data.k_shot, config.training.seed)
-    base = base or load_model(config.model)
-    method_cls, m_config = method_config(config.method)
-    if config.training.lr is None:
-        config.training.lr = default_lr(method_cls, base.info.kind)
-    labels = _labels_of(config.task, train_examples)
-    torch.manual_seed(config.training.seed)  # the head's initial weights are part of the run's seed
-    task = build_task(config.task, base, labels, getattr(m_config, "num_virtual_tokens", 0))
-    method = method_cls.initialise(m_config, base, label_words=task.label_words)
-    unit = TaskPrompt("task", method, task)
-    pm = PromptedModel(base)
-    train_items = prepare(task, unit.key, train_examples)
-    dev_items = prepare(task, unit.key, dev_examples)
-    trainable = sum(p.numel() for p in unit.parameters() if p.requires_grad)
-    run_dir = config.run_dir
-    log(
-        f"{base.name}: {len(train_items)} training and {len(dev_items)} dev examples, "
-        f"{method_cls.name} with {trainable:,} trainable parameters -> {run_dir}"
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    t = config.training
-    evaluate = (lambda: _evaluate_items(pm, unit, dev_items, dev_examples, t.eval_batch_size, t.padding_side)) if dev_items else None
-    if trainable:
-        result = fit(pm, unit, train_items, t, run_dir, evaluate=evaluate, resume=resume, progress=progress,
-                     on_step=on_step, log=log)
-    else:  # a hard prompt on a verbalizer: nothing to train, the prompt is kept as written
-        log("nothing trainable (a hard prompt): saving it as written and evaluating it")
-        result = FitResult(best_tensors=export_unit(unit), best_metric=None, best_step=0, steps_done=0, history=[],
-                           train_seconds=0.0, samples_per_second=0.0, stopped_early=False)
-    meta = {
-        "method": method_cls.name,
-        "method_config": to_dict(m_config),
-        "task": {**to_dict(task.config), "kind": task.kind, "labels": labels,
-                 **({"template": str(task.template)} if task.kind == "classification" else {})},
-        "data_fields": {"text_field": data.text_field, "text_b_field": data.text_b_field, "label_field": data.label_field},
-        "base_model": {
-            "name": base.name,
-            "fingerprint": base.fingerprint,
-            "model_type": base.info.model_type,
-            "hidden_size": base.info.hidden_size,
-            "num_layers": base.info.num_layers,
-        },
-        "training": {**to_dict(t), "best_step": result.best_step, "steps_done": result.steps_done,
-                     "train_seconds": round(result.train_seconds, 1),
-                     "samples_per_second": round(result.samples_per_second, 2)},
-        "softprompt_version": __version__,
-        "name": config.name,
-    }
-    path = run_dir / "prompt.safetensors"
-    artifact = PromptArtifact(result.best_tensors, meta)
-    artifact.save(path)
-    # Final metrics come from the saved file itself, attached as a user would attach it.
-    loaded = load_prompt(path, base, key=unit.key)
-    metrics: dict[str, Any] = {}
-    if dev_items:
-        metrics["dev"] = _evaluate_items(pm, loaded.unit, prepare(loaded.unit.task, unit.key, dev_examples),
-                                         dev_examples, t.eval_batch_size, t.padding_side)
-        log(format_report(metrics["dev"]))
-    if data.test:
-        test_examples = read_split(data.test, data, kind=kind)
-        test_items = prepare(loaded.unit.task, unit.key, test_examples)
-        metrics["test"] = _evaluate_items(pm, loaded.unit, test_items, test_examples, t.eval_batch_size, t.padding_side)
-    artifact.meta["metrics"] = {split: {k: v for k, v in m.items() if k != "per_class"} for split, m in metrics.items()}
-    artifact.save(path)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    log(f"saved {path} ({path.stat().st_size:,} bytes)")
-    return TrainResult(
-        artifact=path,
-        run_dir=run_dir,
-        metrics=metrics,
-        best_step=result.best_step,
-        steps=result.steps_done,
-        train_seconds=result.train_seconds,
-        samples_per_second=result.samples_per_second,
-        trainable_parameters=trainable,
-        history=result.history,
-    )
-
-
-@dataclass
-class LoadedPrompt:
-    """An artifact attached to a base model, ready to predict."""
-
-    unit: TaskPrompt
-    artifact: PromptArtifact
-    base: BaseModel
-
-    @property
-    def labels(self) -> list[str]:
-        return self.unit.task.labels
-
-
-def load_prompt(path: str | Path | PromptArtifact, base: BaseModel | str | None = None, *, key: str | None = None,
-                allow_model_mismatch: bool = False, device: str = "auto") -> LoadedPrompt:
-    """Attach an artifact to a base model (its own recorded base model when none is given)."""
-    artifact = path if isinstance(path, PromptArtifact) else PromptArtifact.load(path)
-    if base is None or isinstance(base, str):
-        base = load_model(ModelConfig(name=base or artifact.meta["base_model"]["name"], device=device))
-    artifact.check_fits(base, allow_mismatch=allow_model_mismatch)
-    method_cls, m_config = method_config({"name": artifact.method, **artifact.meta.get("method_config", {})})
-    task_section = {k: v for k, v in artifact.meta["task"].items()}
-    labels = task_section.pop("labels")
-    task = build_task(task_section, base, labels, getattr(m_config, "num_virtual_tokens", 0))
-    prompt_tensors = {k[len("prompt."):]: v for k, v in artifact.tensors.items() if k.startswith("prompt.")}
-    check_deep_tensors(prompt_tensors, base, str(artifact.path or "artifact"))
-    method = method_cls.from_export(m_config, prompt_tensors)
-    task.load_export(artifact.tensors)
-    unit = TaskPrompt(key or (artifact.path.stem if artifact.path else "task"), method, task).to(base.device)
-    unit.eval()
-    return LoadedPrompt(unit, artifact, base)
-
-
-def _data_config_of(loaded: LoadedPrompt, **overrides) -> DataConfig:
-    fields = dict(loaded.artifact.meta.get("data_fields", {}))
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    return DataConfig(**fields)
+from .models import EMBEDDED, BaseModel, embedded_status
+from .tasks.conll import TokenExample
+from .tasks.readers import Example
+from .tasks.runner import Prepared, generate_texts, predict_logits
+from .training.run import (  # noqa: F401  (the API's names for the run-level functions)
+    TASK_KINDS,
+    LoadedPrompt,
+    TrainResult,
+    build_task,
+    data_config_of,
+    evaluate_items,
+    labels_of,
+    load_model,
+    load_prompt,
+    method_config,
+    prepare,
+    read_split,
+    resolve_device,
+    task_kind,
+    train,
+)
 
 
 def evaluate(artifact: str | Path | LoadedPrompt, data_path: str | Path, *, format: str = "auto",
@@ -302,11 +44,11 @@ def evaluate(artifact: str | Path | LoadedPrompt, data_path: str | Path, *, form
     loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(
         artifact, base, allow_model_mismatch=allow_model_mismatch
     )
-    data = _data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field, label_field=label_field)
+    data = data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field, label_field=label_field)
     examples = read_split(str(data_path), data, kind=loaded.unit.task.kind)
     pm = PromptedModel(loaded.base)
     items = prepare(loaded.unit.task, loaded.unit.key, examples)
-    return _evaluate_items(pm, loaded.unit, items, examples, batch_size, "left")
+    return evaluate_items(pm, loaded.unit, items, examples, batch_size, "left")
 
 
 @dataclass
@@ -401,7 +143,7 @@ def predict_file(artifact: str | Path | LoadedPrompt, in_path: str | Path, out_p
                  batch_size: int = 32, allow_model_mismatch: bool = False) -> list[Prediction]:
     """Predict every example of a file; with out_path, write one JSON object per line."""
     loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(artifact, allow_model_mismatch=allow_model_mismatch)
-    data = _data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field)
+    data = data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field)
     examples = read_split(str(in_path), data, require_label=False, kind=loaded.unit.task.kind)
     predictions = predict(loaded, examples, batch_size=batch_size)
     if out_path is not None:

@@ -54,7 +54,7 @@ def sweep(config, lrs: Sequence[float], lengths: Sequence[int], *, min_steps: in
           rungs: int = 3, overrides: Sequence[str] = (), progress: bool = False,
           log: Callable[[str], None] = print) -> SweepResult:
     """Successive halving over (lr, length); returns the table and the best candidate's artifact."""
-    from .api import load_model, train
+    from .training.run import load_model, train
 
     if not lrs or not lengths:
         raise ConfigError("sweep needs at least one learning rate and one prompt length")

@@ -13,10 +13,7 @@ from typing import Sequence
 
 import torch
 
-
-def virtual(k: int) -> int:
-    """The row entry that stands for the k-th virtual token of the row's prompt."""
-    return -(k + 1)
+from ..templates.render import virtual  # noqa: F401  (rows are built by templates; the core reads them)
 
 
 @dataclass

@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..core.batch import virtual
 from ..errors import DataError
 from ..models import ModelKind
 from .grammar import Field, Literal, Mask, Template
+
+
+def virtual(k: int) -> int:
+    """The row entry that stands for the k-th virtual token of the row's prompt (ids are >= 0)."""
+    return -(k + 1)
 
 
 _SPACES = " \t"

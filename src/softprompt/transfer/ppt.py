@@ -263,7 +263,7 @@ def pretrain_prompt(model, text_path: str | Path, out: str | Path, *, steps: int
     model: a model name or path (or a model section). The generated examples go to out/data/*.jsonl
     (a tenth held out as dev); the run goes to out/ and the prompt to out/prompt.safetensors.
     """
-    from .. import api
+    from ..training.run import train as train_run
     from ..core import PromptArtifact
 
     corpus = read_corpus(text_path, window=window)
@@ -286,7 +286,7 @@ def pretrain_prompt(model, text_path: str | Path, out: str | Path, *, steps: int
     }
     log(f"ppt: {corpus.num_sentences} sentences in {len(corpus.documents)} documents"
         f"{' (windows)' if corpus.windowed else ''}; {len(examples) - n_dev} training examples ({', '.join(tasks)})")
-    run = api.train(config, overrides, base=base, progress=progress, log=log)
+    run = train_run(config, overrides, base=base, progress=progress, log=log)
     artifact = PromptArtifact.load(run.artifact)
     artifact.meta["transfer"] = {"strategy": "ppt", "text": str(text_path), "tasks": list(tasks),
                                  "n_examples": len(examples), "n_options": n_options, "window": window}

@@ -230,7 +230,7 @@ def finetune_projector(projector: Projector, sources: Sequence[tuple], *, base, 
                        batch_size: int = 8, seed: int = 0, log: Callable[[str], None] = print) -> Projector:
     """Train the projector with the target model's task loss (TPT): each source prompt, projected, must
     solve its task on the target. sources: (prompt of model A, run config of the task on model B)."""
-    from .. import api
+    from ..training.run import build_task, labels_of, prepare, read_split
     from ..configs import load_run_config
     from ..tasks.readers import sample_k_per_class
     from ..tasks.runner import TaskPrompt, train_mixed
@@ -243,17 +243,17 @@ def finetune_projector(projector: Projector, sources: Sequence[tuple], *, base, 
         art = _as_artifact(art)
         _check_source(projector, art)
         c = load_run_config(config)
-        examples = api.read_split(c.data.train, c.data, limit=c.data.max_train)
+        examples = read_split(c.data.train, c.data, limit=c.data.max_train)
         if c.data.k_shot:
             examples = sample_k_per_class(examples, c.data.k_shot, c.training.seed)
         prompt = _input_prompt(art)
-        task = api.build_task(c.task, base, api._labels_of(c.task, examples), prompt.shape[0])
+        task = build_task(c.task, base, labels_of(c.task, examples), prompt.shape[0])
         if any(p.requires_grad for p in task.parameters()):
             raise ConfigError(f"{c.name}: the target task reads labels with a trained head; task-loss fine-tuning "
                               "needs a verbalizer task on the target model")
         key = f"source{i}"
         units[key] = TaskPrompt(key, _ProjectedPrompt(projector, prompt.to(base.device)), task).to(base.device)
-        items.extend(api.prepare(task, key, examples))
+        items.extend(prepare(task, key, examples))
     pm = PromptedModel(base)
     optimizer = torch.optim.AdamW(projector.parameters(), lr=lr, weight_decay=0.0)
     train_mixed(pm, units, items, optimizer, projector.parameters(), steps, batch_size, seed, log, "projector fine-tune")

@@ -79,19 +79,19 @@ def rank_by_similarity(query: PromptArtifact, sources, *, measure: Measure | str
 def task_embedding(config, *, steps: int = 30, overrides: Sequence[str] = (), base=None,
                    output: str | Path | None = None) -> PromptArtifact:
     """SPoT's task embedding: the target's prompt after a short training run on its data."""
-    from .. import api
+    from ..training.run import train
     from ..configs import load_run_config
 
     config = load_run_config(config, overrides)
     out = Path(output) if output is not None else config.run_dir / "task-embedding"
-    run = api.train(config, [f"training.steps={steps}", f"training.eval_every={steps}", f"output={out}"],
+    run = train(config, [f"training.steps={steps}", f"training.eval_every={steps}", f"output={out}"],
                     base=base, progress=False, log=lambda _: None)
     return PromptArtifact.load(run.artifact)
 
 
 def target_dev(config, overrides: Sequence[str] = ()):
     """(task section with labels, dev examples) of a target run config, split as training would split it."""
-    from .. import api
+    from ..training.run import labels_of, read_split
     from ..configs import load_run_config
     from ..tasks.readers import split_examples
 
@@ -99,13 +99,13 @@ def target_dev(config, overrides: Sequence[str] = ()):
     data = config.data
     if not data.train:
         raise ConfigError("the target config has no data.train")
-    train = api.read_split(data.train, data, limit=data.max_train)
+    train = read_split(data.train, data, limit=data.max_train)
     if data.dev:
-        dev = api.read_split(data.dev, data, limit=data.max_dev)
+        dev = read_split(data.dev, data, limit=data.max_dev)
     else:
         train, dev = split_examples(train, data.dev_fraction, config.training.seed)
         dev = dev[: data.max_dev] if data.max_dev else dev
-    task = {**config.task, "labels": api._labels_of(config.task, train)}
+    task = {**config.task, "labels": labels_of(config.task, train)}
     task.setdefault("kind", "classification")
     return task, dev
 
@@ -114,7 +114,7 @@ def rank_by_zero_shot(sources, config, *, base, overrides: Sequence[str] = (), l
                       label_maps: Mapping[str, Mapping[str, str]] | None = None, metric: str = "accuracy",
                       log: Callable[[str], None] = lambda _: None) -> list[RankedSource]:
     """Sources by the target dev score each gets when applied directly (the target's template and words)."""
-    from .. import api
+    from ..training.run import load_prompt
 
     found = resolve_sources(sources)
     task, dev = target_dev(config, overrides)
@@ -123,7 +123,7 @@ def rank_by_zero_shot(sources, config, *, base, overrides: Sequence[str] = (), l
     for name, art in found.items():
         art.check_fits(base)
         moved = transferred_artifact(art, None if (label_maps or {}).get(name) else task, (label_maps or {}).get(name))
-        loaded = api.load_prompt(moved, base, key="transfer")
+        loaded = load_prompt(moved, base, key="transfer")
         score = float(evaluate_examples(loaded, dev)[metric])
         log(f"zero-shot {name}: {metric} {score:.4f}")
         ranked.append(RankedSource(name, score, art))
@@ -135,7 +135,7 @@ def rank_sources(config, sources, *, by: RankBy | str = RankBy.SPOT, k: int | No
                  limit: int | None = None, output: str | Path | None = None,
                  log: Callable[[str], None] = lambda _: None) -> list[RankedSource]:
     """The top-k source prompts for a target task (its run config), by SPoT task embedding or TPT zero-shot score."""
-    from .. import api
+    from ..training.run import load_model
     from ..configs import load_run_config
 
     try:
@@ -143,7 +143,7 @@ def rank_sources(config, sources, *, by: RankBy | str = RankBy.SPOT, k: int | No
     except ValueError:
         raise ConfigError(f"by={by!r} is not one of: {', '.join(r.value for r in RankBy)}") from None
     config = load_run_config(config, overrides)
-    base = base or api.load_model(config.model)
+    base = base or load_model(config.model)
     if by is RankBy.SPOT:
         query = task_embedding(config, steps=steps, base=base, output=output)
         ranked = rank_by_similarity(query, sources, measure=measure, base=base)

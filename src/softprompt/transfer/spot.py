@@ -77,7 +77,7 @@ class BestOfTopK:
 def best_of_top_k(config, candidates: Sequence[str | Path], *, steps: int, overrides: Sequence[str] = (),
                   base=None, output: str | Path | None = None, log: Callable[[str], None] = print) -> BestOfTopK:
     """A short run of the target from each candidate prompt; the best dev score picks the source."""
-    from .. import api
+    from ..training.run import train
     from ..configs import load_run_config
 
     if not candidates:
@@ -86,7 +86,7 @@ def best_of_top_k(config, candidates: Sequence[str | Path], *, steps: int, overr
     root = Path(output) if output is not None else config.run_dir / "spot-best-of-k"
     scores, runs = {}, {}
     for i, path in enumerate(candidates):
-        run = api.train(config, [*init_overrides([path]), f"training.steps={steps}",
+        run = train(config, [*init_overrides([path]), f"training.steps={steps}",
                                  f"training.eval_every={steps}", f"output={root / f'candidate-{i}'}"],
                         base=base, progress=False, log=lambda _: None)
         dev = run.metrics.get("dev")
@@ -108,7 +108,7 @@ def multitask_mixture(sources: Sequence, *, steps: int, base, output: str | Path
     template, labels and words (or head), all share the one prompt. Batches draw examples uniformly
     from the pooled data (mixing in proportion to the tasks' sizes, as SPoT does).
     """
-    from .. import api
+    from ..training.run import build_task, labels_of, prepare, read_split
     from ..configs import load_run_config, to_dict
     from ..methods.prompt_tuning import PromptTuning, PromptTuningConfig
     from ..tasks.readers import sample_k_per_class
@@ -120,14 +120,14 @@ def multitask_mixture(sources: Sequence, *, steps: int, base, output: str | Path
     units, items, names = {}, [], []
     for i, source in enumerate(sources):
         c = load_run_config(source)
-        examples = api.read_split(c.data.train, c.data, limit=c.data.max_train)
+        examples = read_split(c.data.train, c.data, limit=c.data.max_train)
         if c.data.k_shot:
             examples = sample_k_per_class(examples, c.data.k_shot, c.training.seed)
-        labels = api._labels_of(c.task, examples)
-        task = api.build_task(c.task, base, labels, num_virtual_tokens)
+        labels = labels_of(c.task, examples)
+        task = build_task(c.task, base, labels, num_virtual_tokens)
         key = f"source{i}"
         units[key] = TaskPrompt(key, method, task).to(base.device)
-        items.extend(api.prepare(task, key, examples))
+        items.extend(prepare(task, key, examples))
         names.append(c.name)
     pm = PromptedModel(base)
     heads = [p for u in units.values() for p in u.task.parameters() if p.requires_grad]

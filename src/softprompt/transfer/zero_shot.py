@@ -69,26 +69,26 @@ def zero_shot(source: str | Path | PromptArtifact, data: str | Path, *, base=Non
               format: str = "auto", text_field: str | None = None, text_b_field: str | None = None,
               label_field: str | None = None, batch_size: int = 32, limit: int | None = None) -> dict:
     """Metrics of a source prompt applied directly to a target task's labelled data."""
-    from .. import api
+    from ..training.run import data_config_of, load_prompt, read_split
 
     source = source if isinstance(source, PromptArtifact) else PromptArtifact.load(source)
     artifact = transferred_artifact(source, target_task, label_map)
-    loaded = api.load_prompt(artifact, base, key="transfer")
-    fields = api._data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field,
+    loaded = load_prompt(artifact, base, key="transfer")
+    fields = data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field,
                                  label_field=label_field)
     if target_task is not None:  # the target's fields, not the source's: a pair source must not ask for text_b
         fields.text_b_field = text_b_field
-    return evaluate_examples(loaded, api.read_split(str(data), fields, limit=limit), batch_size)
+    return evaluate_examples(loaded, read_split(str(data), fields, limit=limit), batch_size)
 
 
 def evaluate_examples(loaded, examples, batch_size: int = 32) -> dict:
     """Metrics of an attached prompt on examples already read."""
-    from .. import api
+    from ..training.run import evaluate_items, prepare
     from ..core import PromptedModel
 
     missing = sorted({e.label for e in examples} - set(loaded.labels))
     if missing:
         raise ArtifactError(f"the data has labels {missing} that the transferred task does not know "
                             f"(its labels: {loaded.labels}); give a label map")
-    items = api.prepare(loaded.unit.task, loaded.unit.key, examples)
-    return api._evaluate_items(PromptedModel(loaded.base), loaded.unit, items, examples, batch_size, "left")
+    items = prepare(loaded.unit.task, loaded.unit.key, examples)
+    return evaluate_items(PromptedModel(loaded.base), loaded.unit, items, examples, batch_size, "left")
