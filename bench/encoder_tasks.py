@@ -72,15 +72,26 @@ def ours(a) -> dict:
     config = {
         "name": f"bench-{a.task}-ours", "model": {"name": "minilm-l6"}, "task": task, "method": method, "data": data,
         "training": {"steps": a.steps, "batch_size": a.batch, "lr": a.lr, "head_lr": a.head_lr, "warmup": 0,
-                     "eval_every": a.steps, "seed": a.seed, "eval_batch_size": 64},
+                     "eval_every": max(1, a.steps // a.evals), "seed": a.seed, "eval_batch_size": 64},
         "output": str(Path(a.workdir) / f"{a.task}-ours"),
     }
     torch.manual_seed(a.seed)
     result = api.train(config, progress=False, log=lambda s: None)
     dev = result.metrics["dev"]
-    return {"score": dev["f1"] if a.task in TAGGING else dev["accuracy"], "train_seconds": result.train_seconds,
-            "samples_per_s": result.samples_per_second, "peak_rss_mb": peak_rss_mb(),
-            "artifact_bytes": result.artifact.stat().st_size, "trainable_params": result.trainable_parameters}
+    key = "f1" if a.task in TAGGING else "accuracy"
+    out = {"score": dev[key], "train_seconds": result.train_seconds,
+           "samples_per_s": result.samples_per_second, "peak_rss_mb": peak_rss_mb(),
+           "artifact_bytes": result.artifact.stat().st_size, "trainable_params": result.trainable_parameters,
+           "curve": [[h["step"], h[key]] for h in result.history if key in h]}
+    if a.train_eval:  # how well the prompt fits (the start of) its own training data: capacity, not generalisation
+        from softprompt.core import PromptedModel
+        from softprompt.training.run import evaluate_items, load_prompt, prepare
+
+        loaded = load_prompt(result.artifact, api.load_model({"name": "minilm-l6"}), key="task")
+        examples = load(a.task, "train")[: a.train_eval]
+        items = prepare(loaded.unit.task, "task", examples)
+        out["train_score"] = evaluate_items(PromptedModel(loaded.base), loaded.unit, items, examples, 64, "right")[key]
+    return out
 
 
 def transformers_side(a) -> dict:
@@ -155,6 +166,19 @@ def transformers_side(a) -> dict:
     train_seconds = time.perf_counter() - started
 
     model.eval()
+    trainable = sum(p.numel() for p in params)
+    out = {"score": evaluate(a, model, encode, labels, dev), "train_seconds": train_seconds,
+           "samples_per_s": seen / train_seconds, "peak_rss_mb": peak_rss_mb(), "artifact_bytes": 4 * trainable,
+           "trainable_params": trainable}
+    if a.train_eval:
+        out["train_score"] = evaluate(a, model, encode, labels, train[: a.train_eval])
+    return out
+
+
+def evaluate(a, model, encode, labels, dev) -> float:
+    """Accuracy (classification) or seqeval span F1 (tagging) of a transformers model on examples."""
+    import torch
+
     correct, gold, pred = 0, [], []
     with torch.no_grad():
         for start in range(0, len(dev), 64):
@@ -173,14 +197,10 @@ def transformers_side(a) -> dict:
                 gold.append(list(e.tags))
                 pred.append([words.get(i, "O") for i in range(len(e.tags))])  # cut words count as "O"
     if a.task not in TAGGING:
-        score = correct / len(dev)
-    else:
-        from seqeval.metrics import f1_score
+        return correct / len(dev)
+    from seqeval.metrics import f1_score
 
-        score = f1_score(gold, pred)
-    trainable = sum(p.numel() for p in params)
-    return {"score": score, "train_seconds": train_seconds, "samples_per_s": seen / train_seconds,
-            "peak_rss_mb": peak_rss_mb(), "artifact_bytes": 4 * trainable, "trainable_params": trainable}
+    return f1_score(gold, pred)
 
 
 def main():
@@ -197,6 +217,9 @@ def main():
     parser.add_argument("--head-lr", type=float, default=2e-3, help="our head's learning rate")
     parser.add_argument("--pooling", default="auto", help="our classification head's pooling: auto (first) | mean")
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--evals", type=int, default=1, help="our side: dev evaluations during training (a curve; "
+                        "the reported score is the best of them, as training keeps the best checkpoint)")
+    parser.add_argument("--train-eval", type=int, default=0, help="also score the first N training examples (fit)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--workdir", default="runs/bench-encoder")
@@ -208,7 +231,8 @@ def main():
     sides = a.sides.split(",")
     runs = {side: [] for side in sides}
     keep = [f"--task={a.task}", f"--method={a.method}", f"--steps={a.steps}", f"--batch={a.batch}",
-            f"--tokens={a.tokens}", f"--head-lr={a.head_lr}", f"--pooling={a.pooling}", f"--max-length={a.max_length}", f"--workdir={a.workdir}"]
+            f"--tokens={a.tokens}", f"--head-lr={a.head_lr}", f"--pooling={a.pooling}", f"--max-length={a.max_length}", f"--workdir={a.workdir}",
+            f"--evals={a.evals}", f"--train-eval={a.train_eval}"]
     for r in range(a.repeats):
         for side in sides if r % 2 == 0 else sides[::-1]:
             runs[side].append(run_side(__file__, side, keep + [f"--lr={lrs[side]}", f"--seed={a.seed + r}"]))
@@ -216,14 +240,17 @@ def main():
     metric = "dev span F1" if a.task in TAGGING else "dev accuracy"
     print(f"minilm-l6 {a.task}: {a.steps} steps of {a.batch}, {a.tokens} prompt tokens, max length {a.max_length}, "
           f"medians of {a.repeats} run(s) per side; machine: {machine()}")
-    print(f"| side | lr | {metric} | samples/s | trainable params | artifact bytes |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    fit = f" train {metric.split()[-1] if a.task in TAGGING else 'accuracy'} (first {a.train_eval}) |" if a.train_eval else ""
+    print(f"| side | lr | {metric} |{fit} samples/s | trainable params | artifact bytes |")
+    print("| --- | ---: | ---: |" + (" ---: |" if a.train_eval else "") + " ---: | ---: | ---: |")
     table = {}
     for side in sides:
-        m = {k: statistics.median(r[k] for r in runs[side]) for k in runs[side][0]}
+        m = {k: statistics.median(r[k] for r in runs[side]) for k, v in runs[side][0].items()
+             if isinstance(v, (int, float))}
         table[side] = m
         name = f"softprompt {a.method}" if side == "ours" else side
-        print(f"| {name} | {lrs[side]} | {m['score']:.4f} | {m['samples_per_s']:.1f} | {m['trainable_params']:.0f} "
+        fit = f" {m['train_score']:.4f} |" if a.train_eval else ""
+        print(f"| {name} | {lrs[side]} | {m['score']:.4f} |{fit} {m['samples_per_s']:.1f} | {m['trainable_params']:.0f} "
               f"| {m['artifact_bytes']:.0f} |")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
