@@ -89,3 +89,21 @@ def test_inspect_prints_nearest_tokens_and_writes_json(app, tmp_path):
     assert 0 <= reading["projected"]["accuracy"] <= 1
     missing = CliRunner().invoke(app, ["inspect", str(tmp_path / "nope.safetensors")])
     assert missing.exit_code == 2
+
+
+def test_search_saves_the_best_prompt_as_an_artifact_that_scores_the_same(app, tmp_path):
+    """The selected prompt comes out as a hard_prompt artifact; attached as users attach it, it scores
+    the dev data exactly as the search scored it (zero-shot, uncalibrated)."""
+    from softprompt import api
+
+    config = _search_config(tmp_path, k_shot=0, autoprompt=None, calibration=False)
+    result = CliRunner().invoke(app, ["search", str(config), "--quiet"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "out" / "s" / "search.json").read_text())
+    artifact = api.load_prompt(saved["artifact"])
+    assert artifact.artifact.method == "hard_prompt"
+    assert artifact.artifact.meta["task"]["template"] == saved["best"]["template"]
+    assert artifact.artifact.meta["search"]["k_shot"] == 0
+    metrics = api.evaluate(artifact, tmp_path / "dev.jsonl")
+    assert metrics["accuracy"] == pytest.approx(saved["best"]["accuracy"])
+    assert len(api.predict(artifact, ["a fine film"])) == 1

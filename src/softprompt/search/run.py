@@ -9,13 +9,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..configs import DataConfig, ModelConfig, apply_overrides, from_dict, read_yaml, resolve_data_paths, to_dict
+from ..configs import (
+    DataConfig,
+    ModelConfig,
+    apply_overrides,
+    from_dict,
+    read_yaml,
+    resolve_data_paths,
+    to_dict,
+)
+from ..core import PromptArtifact
 from ..errors import ConfigError
 from ..models import BaseModel, load_base
 from ..tasks.readers import read_examples
 from .ape import APEConfig, search_ape
 from .autoprompt import AutoPromptConfig, search_autoprompt
-from .candidates import METRICS, SensitivityReport, evaluate_candidates, expand_candidates
+from .candidates import (
+    METRICS,
+    SensitivityReport,
+    evaluate_candidates,
+    expand_candidates,
+)
 
 
 @dataclass
@@ -47,6 +61,7 @@ class SearchConfig:
     batch_size: int = 32
     ape: APEConfig | None = None  # set (even to {}) to run APE
     autoprompt: AutoPromptConfig | None = None  # set (even to {}) to run AutoPrompt
+    save: bool = True  # write the best prompt as a hard_prompt artifact (output/best/prompt.safetensors)
     output: str = "runs/search/{name}"
 
     def __post_init__(self):
@@ -88,6 +103,7 @@ class SearchResult:
     output_dir: Path
     ape: dict | None = None
     autoprompt: dict | None = None
+    artifact: Path | None = None  # the best prompt as a hard_prompt artifact (config.save)
 
     @property
     def best(self):
@@ -143,9 +159,44 @@ def search(config: SearchConfig | Mapping | str | Path, overrides: Sequence[str]
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     report.save(out / "report")
+    if config.save:
+        result.artifact = save_best(config, report.best, dev, base, out / "best")
     summary = {"config": to_dict(config), "best": report.best.to_dict(), "report": report.to_dict(),
-               "ape": result.ape, "autoprompt": result.autoprompt}
+               "ape": result.ape, "autoprompt": result.autoprompt,
+               "artifact": str(result.artifact) if result.artifact else None}
     (out / "search.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     log(report.to_markdown())
-    log(f"best: {report.best.prompt.describe()}; wrote {out / 'search.json'} and report.{{json,md,png}}")
+    log(f"best: {report.best.prompt.describe()}; wrote {out / 'search.json'} and report.{{json,md,png}}"
+        + (f"; the prompt as an artifact: {result.artifact}" if result.artifact else ""))
     return result
+
+
+def save_best(config: SearchConfig, best, dev, base: BaseModel, out: Path) -> Path:
+    """The selected hard prompt as a `hard_prompt` artifact that `softprompt predict` and the serving
+    API use like any other (template, label words, base-model fingerprint, its uncalibrated dev score).
+
+    In-context demonstrations (k_shot) and calibration are part of the search's scoring, not of the
+    artifact: the artifact is the zero-shot prompt, and its metadata says what the search used."""
+    from ..training.run import train as train_run
+
+    prompt = best.prompt
+    fields = {k: getattr(config.data, k) for k in ("format", "text_field", "text_b_field", "label_field")}
+    run = {
+        "name": config.name,
+        "model": to_dict(config.model),
+        "task": {"kind": "classification", "template": prompt.template, "verbalizer": prompt.verbalizer,
+                 "labels": list(prompt.verbalizer), "chat": prompt.chat, "max_length": config.max_length,
+                 "word_score": config.word_score, "pair": any(e.text_b for e in dev)},
+        "method": {"name": "hard_prompt"},
+        "data": {"train": config.data.dev, "dev": config.data.dev, "max_dev": config.data.max_dev, **fields},
+        "training": {"batch_size": config.batch_size, "eval_batch_size": config.batch_size},
+        "output": str(out),
+    }
+    saved = train_run(run, base=base, progress=False, log=lambda _: None)
+    artifact = PromptArtifact.load(saved.artifact)
+    artifact.meta["search"] = {"source": best.source, "name": prompt.name, "k_shot": config.k_shot,
+                               "calibration": config.calibration, "metric": config.metric,
+                               "search_scores": {k: v for k, v in best.to_dict().items()
+                                                 if k in ("accuracy", "macro_f1", "calibrated_accuracy",
+                                                          "calibrated_macro_f1")}}
+    return artifact.save(saved.artifact)
