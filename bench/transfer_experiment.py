@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -73,6 +74,7 @@ def prepare_data(work: Path, n_dev: int, seed: int = 0) -> dict[str, dict[str, s
             train, dev = split_examples(train, 0.1, seed)
         if len(dev) > n_dev:
             _, dev = split_examples(dev, n_dev / len(dev), seed)
+        random.Random(seed).shuffle(dev)  # the source files are grouped by label: any prefix of dev must not be
         files = {}
         for split, rows in (("train", train), ("dev", dev)):
             f = work / "data" / f"{name}.{split}.jsonl"
@@ -119,6 +121,32 @@ def source_prompt(a, base, files, name, lib, quiet) -> dict:
     return found
 
 
+def transfer_matrix(a, base, files, sources, paths) -> dict:
+    """Zero-shot accuracy of each source prompt on each target (the target's template and words), on one
+    seeded random subset of the target's dev rows; relative to the target's own prompt on the same rows."""
+    import numpy as np
+
+    from softprompt.transfer import heatmap, zero_shot
+
+    raw = np.zeros((len(sources), len(sources)))
+    for j, t in enumerate(sources):
+        rows = Path(files[t]["dev"]).read_text().splitlines()
+        random.Random(1).shuffle(rows)
+        subset = a.work / "data" / f"{t}.matrix.jsonl"
+        subset.write_text("\n".join(rows[: a.matrix_limit] if a.matrix_limit else rows) + "\n")
+        c = config(t, files, a, out=a.work / "unused", steps=1)
+        for i, s in enumerate(sources):
+            raw[i, j] = zero_shot(paths[s], subset, base=base, target_task=c["task"],
+                                  text_b_field=c["data"]["text_b_field"])["accuracy"]
+        print(f"matrix column {t}: " + ", ".join(f"{s} {raw[i, j]:.3f}" for i, s in enumerate(sources)), flush=True)
+    relative = raw / np.diag(raw)[None, :]
+    png = heatmap(relative, sources, sources, a.out.with_name(a.out.stem + "_matrix.png"),
+                  "zero-shot transfer, relative to the target's own prompt", xlabel="target", ylabel="source")
+    print(f"transfer matrix -> {png}", flush=True)
+    return {"rows_source": sources, "cols_target": sources, "dev_rows": a.matrix_limit or "all",
+            "accuracy": raw.round(4).tolist(), "relative": relative.round(4).tolist()}
+
+
 def few_shot_run(a, base, files, rows, folder, target, shots, seed, kind, overrides, task=None):
     """One k-shot target run from one initialisation; its dev accuracy and history go into rows[kind]."""
     from softprompt import api
@@ -156,6 +184,8 @@ def main():
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--n-dev", type=int, default=200)
     p.add_argument("--matrix-limit", type=int, default=None, help="dev examples per cell of the transfer matrix")
+    p.add_argument("--matrix-only", action="store_true",
+                   help="with --reuse: recompute only the transfer matrix from the stored sources and update --out")
     p.add_argument("--evals", type=int, default=4, help="dev evaluations per run (the convergence curve's points)")
     p.add_argument("--reuse", action="store_true",
                    help="keep source prompts (and the PPT prompt) already trained under --work instead of retraining")
@@ -179,18 +209,17 @@ def main():
     from softprompt.library import Library
     from softprompt.transfer import (
         best_of_top_k,
-        heatmap,
         init_overrides,
         multitask_mixture,
         rank_by_zero_shot,
         rank_sources,
         weighted_average_init,
-        zero_shot,
     )
 
     started = time.time()
     base = api.load_model({"name": a.model, "device": "cpu"})
-    files = prepare_data(a.work, a.n_dev)
+    files = prepare_data(a.work, a.n_dev) if not (a.reuse and (a.work / "data").exists()) else {
+        name: {split: str(a.work / "data" / f"{name}.{split}.jsonl") for split in ("train", "dev")} for name in TASKS}
     if a.ppt:
         return run_ppt(a, base, files, started)
     sources = a.sources.split(",")
@@ -203,20 +232,13 @@ def main():
         paths[name] = Path(result["sources"][name]["artifact"])
         print(f"source {name}: dev accuracy {result['sources'][name]['dev_accuracy']:.4f} "
               f"({result['sources'][name]['train_seconds']:.0f} s)", flush=True)
-    # 3. transfer matrix: zero-shot accuracy of source s on target t, relative to t's own prompt
-    import numpy as np
-
-    matrix = np.zeros((len(sources), len(sources)))
-    for i, s in enumerate(sources):
-        for j, t in enumerate(sources):
-            c = config(t, files, a, out=a.work / "unused", steps=1)
-            score = zero_shot(paths[s], files[t]["dev"], base=base, target_task=c["task"],
-                              text_b_field=c["data"]["text_b_field"], limit=a.matrix_limit)["accuracy"]
-            matrix[i, j] = score / result["sources"][t]["dev_accuracy"]
-    result["transfer_matrix"] = {"rows_source": sources, "cols_target": sources, "relative": matrix.round(4).tolist()}
-    png = heatmap(matrix, sources, sources, a.out.with_name(a.out.stem + "_matrix.png"),
-                  "zero-shot transfer, relative to the target's own prompt", xlabel="target", ylabel="source")
-    print(f"transfer matrix -> {png}", flush=True)
+    result["transfer_matrix"] = transfer_matrix(a, base, files, sources, paths)  # 3.
+    if a.matrix_only:
+        previous = json.loads(a.out.read_text()) if a.out.exists() else result
+        previous["transfer_matrix"] = result["transfer_matrix"]
+        a.out.write_text(json.dumps(previous, indent=1))
+        print(f"updated the transfer matrix in {a.out}")
+        return
     # 4. retrieval rankings and 5. few-shot targets
     result["rankings"], result["few_shot"] = {}, {}
     for target in a.targets.split(","):
