@@ -378,3 +378,19 @@ def test_real_mr_reads_whole_file_with_cp1252_fallback():
         f"{p}: 202 lines not valid utf-8 (first: line 32); read as cp1252"
     ]
     assert ex[31].text == "the action clich\u00e9s just pile up ."
+
+
+def test_max_dev_cutting_a_label_sorted_file_to_one_class_warns(tmp_path):
+    """A dev file sorted by label, cut to its first rows, would score every prompt on one class."""
+    from helpers import run_config
+
+    from softprompt import api
+    from softprompt.tasks.readers import DataWarning
+
+    config = run_config(tmp_path, steps=1, eval_every=1)
+    rows = [json.loads(line) for line in open(config["data"]["dev"])]
+    rows.sort(key=lambda r: r["label"])
+    (tmp_path / "sorted.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config["data"].update(dev=str(tmp_path / "sorted.jsonl"), max_dev=5)
+    with pytest.warns(DataWarning, match=r"data.max_dev=5 keeps the first 5 examples.*'positive'"):
+        api.train(config, progress=False, log=lambda _: None)

@@ -153,7 +153,7 @@ class DataConfig:
     text_b_field: str | None = None
     label_field: str = "label"
     max_train: int | None = None  # keep the first N training examples
-    max_dev: int | None = None
+    max_dev: int | None = None  # keep the first N dev examples (a warning says when they miss a label)
     dev_fraction: float = 0.1  # carved from train (seeded, stratified) when no dev file is given
     k_shot: int | None = None  # k training examples per class (seeded), for few-shot runs
     skip_empty: bool = False  # skip rows whose text is empty (CR has four) instead of stopping there

@@ -7,6 +7,7 @@ friendly entry points around them, so no module below the API has to import it.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from ..tasks.classification import ClassificationConfig, ClassificationTask
 from ..tasks.conll import TokenExample, read_token_examples
 from ..tasks.generation import GenerationConfig, GenerationTask
 from ..tasks.metrics import format_report
-from ..tasks.readers import Example, read_examples, sample_k_per_class, split_examples
+from ..tasks.readers import DataWarning, Example, read_examples, sample_k_per_class, split_examples
 from ..tasks.runner import Prepared, TaskPrompt, export_unit, predict_logits
 from ..tasks.token_labelling import TokenLabellingConfig, TokenLabellingTask
 
@@ -151,6 +152,18 @@ def evaluate_items(pm, unit, items, examples, batch_size, padding_side) -> dict:
     return unit.task.metrics(outputs, [p.item for p in items], examples)
 
 
+def warn_if_cut_misses_labels(path, option: str, limit: int | None, kept: Sequence, other: Sequence) -> None:
+    """A DataWarning when data.max_train/max_dev cut a file to its first rows and those rows lack labels the
+    other split has: files sorted by label (MR, SUBJ, ...) otherwise give a one-class dev set silently."""
+    if not limit or len(kept) < limit:
+        return
+    missing = sorted({e.label for e in other} - {e.label for e in kept} - {None})
+    if missing:
+        warnings.warn(f"{path}: data.{option}={limit} keeps the first {limit} examples, and they have no "
+                      f"example of label(s) {missing}; the file may be sorted by label: shuffle it or raise "
+                      f"data.{option}", DataWarning, stacklevel=3)
+
+
 def random_split(examples: Sequence, fraction: float, seed: int) -> tuple[list, list]:
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
     n_dev = max(1, round(len(examples) * fraction))
@@ -182,6 +195,9 @@ def train(
     if not dev_examples and data.dev_fraction > 0 and len(train_examples) >= 10:
         split = split_examples if kind == "classification" else random_split
         train_examples, dev_examples = split(train_examples, data.dev_fraction, config.training.seed)
+    if kind == "classification":
+        warn_if_cut_misses_labels(data.dev, "max_dev", data.max_dev, dev_examples, train_examples)
+        warn_if_cut_misses_labels(data.train, "max_train", data.max_train, train_examples, dev_examples)
     if data.k_shot and kind != "classification":
         raise ConfigError("data.k_shot samples k examples per class; it applies to classification only")
     if data.k_shot:
