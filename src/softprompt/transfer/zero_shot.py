@@ -75,10 +75,18 @@ def zero_shot(source: str | Path | PromptArtifact, data: str | Path, *, base=Non
     artifact = transferred_artifact(source, target_task, label_map)
     loaded = load_prompt(artifact, base, key="transfer")
     fields = data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field,
-                                 label_field=label_field)
+                            label_field=label_field)
     if target_task is not None:  # the target's fields, not the source's: a pair source must not ask for text_b
         fields.text_b_field = text_b_field
-    return evaluate_examples(loaded, read_split(str(data), fields, limit=limit), batch_size)
+    examples = read_split(str(data), fields, limit=limit)
+    if limit and len(examples) == limit and len({e.label for e in examples}) == 1:
+        import warnings
+
+        from ..tasks.readers import DataWarning
+
+        warnings.warn(f"{data}: limit={limit} keeps the first {limit} examples and they all have label "
+                      f"{examples[0].label!r}; the file may be sorted by label", DataWarning, stacklevel=2)
+    return evaluate_examples(loaded, examples, batch_size)
 
 
 def evaluate_examples(loaded, examples, batch_size: int = 32) -> dict:
