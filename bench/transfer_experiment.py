@@ -186,6 +186,8 @@ def main():
     p.add_argument("--matrix-limit", type=int, default=None, help="dev examples per cell of the transfer matrix")
     p.add_argument("--matrix-only", action="store_true",
                    help="with --reuse: recompute only the transfer matrix from the stored sources and update --out")
+    p.add_argument("--rankings-only", action="store_true",
+                   help="with --reuse: only rank the sources for --targets and add the rankings to --out")
     p.add_argument("--evals", type=int, default=4, help="dev evaluations per run (the convergence curve's points)")
     p.add_argument("--reuse", action="store_true",
                    help="keep source prompts (and the PPT prompt) already trained under --work instead of retraining")
@@ -232,7 +234,8 @@ def main():
         paths[name] = Path(result["sources"][name]["artifact"])
         print(f"source {name}: dev accuracy {result['sources'][name]['dev_accuracy']:.4f} "
               f"({result['sources'][name]['train_seconds']:.0f} s)", flush=True)
-    result["transfer_matrix"] = transfer_matrix(a, base, files, sources, paths)  # 3.
+    if not a.rankings_only:
+        result["transfer_matrix"] = transfer_matrix(a, base, files, sources, paths)  # 3.
     if a.matrix_only:
         previous = json.loads(a.out.read_text()) if a.out.exists() else result
         previous["transfer_matrix"] = result["transfer_matrix"]
@@ -250,6 +253,8 @@ def main():
                                       "spot": [(r.name, round(r.score, 4)) for r in by_spot]}
         print(f"{target}: zero-shot ranking {result['rankings'][target]['zero_shot']}", flush=True)
         print(f"{target}: spot ranking {result['rankings'][target]['spot']}", flush=True)
+        if a.rankings_only:
+            continue
         top = by_spot[: a.top_k]
         mix = multitask_mixture([config(r.name, files, a, out=a.work / "unused", steps=1) for r in top],
                                 steps=a.source_steps, base=base, output=a.work / "mixture" / target,
@@ -267,6 +272,12 @@ def main():
                 for kind, overrides in inits.items():
                     few_shot_run(a, base, files, rows, "few", target, shots, seed, kind, overrides)
             result["few_shot"][f"{target}-{shots}"] = summary(rows)
+    if a.rankings_only:
+        previous = json.loads(a.out.read_text()) if a.out.exists() else {}
+        previous.setdefault("rankings", {}).update(result["rankings"])
+        a.out.write_text(json.dumps(previous, indent=1))
+        print(f"updated the rankings in {a.out}")
+        return
     result["wall_seconds"] = round(time.time() - started)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1))
