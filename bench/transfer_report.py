@@ -4,14 +4,21 @@
 
 Per few-shot cell: mean and std of dev accuracy over seeds, and the convergence: the first evaluated step
 at which a run reached 90% of its own final dev accuracy (median over seeds).
+
+Runs split over several processes (stopped and resumed with --reuse) are summed up from their logs:
+
+    python bench/transfer_report.py --logs runs/ppt_experiment.part1.log runs/ppt_experiment.log
 """
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
+
+RUN_LINE = re.compile(r"^(\w+) (\d+)-shot seed (\d+) (\w+): ([0-9.]+)$")
 
 
 def steps_to_90(run: dict) -> int | None:
@@ -61,7 +68,37 @@ def ppt_report(d: dict) -> list[str]:
     return out
 
 
+def from_logs(paths: list[str]) -> list[str]:
+    """Few-shot results from the printed run lines of one or more logs (the first line per run counts)."""
+    runs: dict[tuple, float] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            m = RUN_LINE.match(line.strip())
+            if m:
+                runs.setdefault((m[1], int(m[2]), int(m[3]), m[4]), float(m[5]))
+    cells: dict[str, dict[str, dict[int, float]]] = {}
+    for (target, shots, seed, kind), acc in runs.items():
+        cells.setdefault(f"{target}-{shots}", {}).setdefault(kind, {})[seed] = acc
+    kinds = list(dict.fromkeys(k for c in cells.values() for k in c))
+    out = ["| target | seeds | " + " | ".join(kinds) + " |", "| --- | --- |" + " ---: |" * len(kinds)]
+    for key, row in cells.items():
+        seeds = sorted(set.intersection(*(set(v) for v in row.values())))
+        values = [f"{100 * statistics.mean(row[k][s] for s in seeds):.1f} ± {100 * statistics.pstdev(row[k][s] for s in seeds):.1f}"
+                  if k in row else "" for k in kinds]
+        out.append(f"| {key} | {','.join(map(str, seeds))} | " + " | ".join(values) + " |")
+    complete = {key: row for key, row in cells.items() if all(k in row for k in kinds)}
+    if complete:
+        avg = {k: statistics.mean(statistics.mean(row[k][s] for s in set.intersection(*(set(v) for v in row.values())))
+                                  for row in complete.values()) for k in kinds}
+        out += ["", f"Average over {', '.join(complete)} (seeds every kind has): "
+                + ", ".join(f"{k} {100 * v:.1f}" for k, v in avg.items())]
+    return out
+
+
 def main(paths: list[str]) -> None:
+    if paths and paths[0] == "--logs":
+        print("\n".join(from_logs(paths[1:])))
+        return
     for path in paths:
         d = json.loads(Path(path).read_text())
         print(f"## {path}\n\nmachine: {d.get('machine')}; wall {d.get('wall_seconds')} s\n")
