@@ -393,4 +393,5 @@ def test_max_dev_cutting_a_label_sorted_file_to_one_class_warns(tmp_path):
     (tmp_path / "sorted.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config["data"].update(dev=str(tmp_path / "sorted.jsonl"), max_dev=5)
     with pytest.warns(DataWarning, match=r"data.max_dev=5 keeps the first 5 examples.*'positive'"):
-        api.train(config, progress=False, log=lambda _: None)
+        run = api.train(config, progress=False, log=lambda _: None)
+    assert run.metrics["dev"]["n"] == 5  # a warning, not an error: the run still trains and scores the 5 rows
