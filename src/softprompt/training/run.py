@@ -152,16 +152,17 @@ def evaluate_items(pm, unit, items, examples, batch_size, padding_side) -> dict:
     return unit.task.metrics(outputs, [p.item for p in items], examples)
 
 
-def warn_if_cut_misses_labels(path, option: str, limit: int | None, kept: Sequence, other: Sequence) -> None:
-    """A DataWarning when data.max_train/max_dev cut a file to its first rows and those rows lack labels the
-    other split has: files sorted by label (MR, SUBJ, ...) otherwise give a one-class dev set silently."""
+def warn_if_cut_misses_labels(path, option: str, limit: int | None, kept: Sequence, expected) -> None:
+    """A DataWarning when a row limit (data.max_train/max_dev, zero_shot's limit) cut a file to its first
+    rows and those rows lack expected labels: files sorted by label (MR, SUBJ, ...) otherwise give a
+    one-class set silently."""
     if not limit or len(kept) < limit:
         return
-    missing = sorted({e.label for e in other} - {e.label for e in kept} - {None})
+    missing = sorted(set(expected) - {e.label for e in kept} - {None})
     if missing:
-        warnings.warn(f"{path}: data.{option}={limit} keeps the first {limit} examples, and they have no "
+        warnings.warn(f"{path}: {option}={limit} keeps the first {limit} examples, and they have no "
                       f"example of label(s) {missing}; the file may be sorted by label: shuffle it or raise "
-                      f"data.{option}", DataWarning, stacklevel=3)
+                      f"{option}", DataWarning, stacklevel=3)
 
 
 def random_split(examples: Sequence, fraction: float, seed: int) -> tuple[list, list]:
@@ -196,8 +197,10 @@ def train(
         split = split_examples if kind == "classification" else random_split
         train_examples, dev_examples = split(train_examples, data.dev_fraction, config.training.seed)
     if kind == "classification":
-        warn_if_cut_misses_labels(data.dev, "max_dev", data.max_dev, dev_examples, train_examples)
-        warn_if_cut_misses_labels(data.train, "max_train", data.max_train, train_examples, dev_examples)
+        warn_if_cut_misses_labels(data.dev, "data.max_dev", data.max_dev, dev_examples,
+                                  {e.label for e in train_examples})
+        warn_if_cut_misses_labels(data.train, "data.max_train", data.max_train, train_examples,
+                                  {e.label for e in dev_examples})
     if data.k_shot and kind != "classification":
         raise ConfigError("data.k_shot samples k examples per class; it applies to classification only")
     if data.k_shot:

@@ -69,7 +69,7 @@ def zero_shot(source: str | Path | PromptArtifact, data: str | Path, *, base=Non
               format: str = "auto", text_field: str | None = None, text_b_field: str | None = None,
               label_field: str | None = None, batch_size: int = 32, limit: int | None = None) -> dict:
     """Metrics of a source prompt applied directly to a target task's labelled data."""
-    from ..training.run import data_config_of, load_prompt, read_split
+    from ..training.run import data_config_of, load_prompt, read_split, warn_if_cut_misses_labels
 
     source = source if isinstance(source, PromptArtifact) else PromptArtifact.load(source)
     artifact = transferred_artifact(source, target_task, label_map)
@@ -79,13 +79,7 @@ def zero_shot(source: str | Path | PromptArtifact, data: str | Path, *, base=Non
     if target_task is not None:  # the target's fields, not the source's: a pair source must not ask for text_b
         fields.text_b_field = text_b_field
     examples = read_split(str(data), fields, limit=limit)
-    if limit and len(examples) == limit and len({e.label for e in examples}) == 1:
-        import warnings
-
-        from ..tasks.readers import DataWarning
-
-        warnings.warn(f"{data}: limit={limit} keeps the first {limit} examples and they all have label "
-                      f"{examples[0].label!r}; the file may be sorted by label", DataWarning, stacklevel=2)
+    warn_if_cut_misses_labels(data, "limit", limit, examples, loaded.labels)
     return evaluate_examples(loaded, examples, batch_size)
 
 
