@@ -120,3 +120,43 @@ def test_prefix_tuning_starts_at_real_word_activations_not_noise():
     module = cls.initialise(cfg, base)
     captured = pm.capture_kv(base.tokenizer("good bad", add_special_tokens=False).input_ids)
     torch.testing.assert_close(module.prompt_tensors().deep["decoder"], captured["decoder"][:, :, :, :2])
+
+
+@pytest.mark.parametrize("method,template", [("ptuning", "[P*2] review : {text} [P*2] sentiment : {mask}"),
+                                             ("prefix_tuning", "review : {text} sentiment : {mask}")])
+def test_export_folds_the_reparameterisation_without_its_dropout(method, template):
+    """Training leaves the unit in train mode when it saves the best prompt: the saved prompt must be
+    the deterministic one that serving computes, not one draw of the MLP's dropout."""
+    base = tiny_base("gpt2")
+    cls, cfg = method_config({"name": method, **METHOD_CONFIGS[method], "dropout": 0.5})
+    task = build_task({"kind": "classification", "labels": ["pos", "neg"], "template": template,
+                       "verbalizer": {"pos": "good", "neg": "bad"}}, base, ["pos", "neg"],
+                      getattr(cfg, "num_virtual_tokens", 0))
+    module = cls.initialise(cfg, base, task.label_words)
+    with torch.no_grad():  # the MLP starts at zero output, which dropout leaves alone
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    unit = TaskPrompt("x", module, task).train()
+    first, second = export_unit(unit), export_unit(unit)
+    assert unit.training  # the mode training left is restored
+    unit.eval()
+    served = export_unit(unit)
+    for k in served:
+        assert torch.equal(first[k], served[k]) and torch.equal(second[k], served[k]), k
+
+
+def test_ptuning_v2_prefix_dropout_acts_in_training_only():
+    from softprompt.errors import ConfigError
+
+    base = tiny_base("bert")
+    cls, cfg = method_config({"name": "ptuning_v2", "prefix_length": 4, "dropout": 0.5})
+    module = cls.initialise(cfg, base)
+    params = dict(module.prefixes.items())
+    module.train()
+    noisy = module.prompt_tensors().deep
+    assert all((noisy[s] == 0).any() and not torch.equal(noisy[s], params[s]) for s in params)
+    module.eval()
+    clean = module.prompt_tensors().deep
+    assert all(clean[s] is params[s] for s in params)
+    with pytest.raises(ConfigError, match=r"method\.dropout"):
+        method_config({"name": "ptuning_v2", "dropout": 1.0})

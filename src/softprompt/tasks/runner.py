@@ -90,9 +90,17 @@ def train_mixed(pm: PromptedModel, units: Mapping[str, TaskPrompt], items: Seque
 
 
 def export_unit(unit: TaskPrompt) -> dict[str, torch.Tensor]:
-    """The final tensors of a task prompt: 'prompt.*' from the method, 'head.*' from the task."""
-    tensors = {f"prompt.{k}": v for k, v in unit.method.export().items()} if unit.method is not None else {}
-    tensors.update(unit.task.export())
+    """The final tensors of a task prompt: 'prompt.*' from the method, 'head.*' from the task.
+
+    Exported in eval mode whatever mode training left the unit in: a reparameterisation's dropout
+    (prefix tuning's MLP, P-tuning's encoder) must not be folded into the saved prompt."""
+    was_training = unit.training
+    unit.eval()
+    try:
+        tensors = {f"prompt.{k}": v for k, v in unit.method.export().items()} if unit.method is not None else {}
+        tensors.update(unit.task.export())
+    finally:
+        unit.train(was_training)
     return tensors
 
 
