@@ -178,3 +178,23 @@ def test_a_hard_prompt_on_an_encoder_trains_only_the_head(tmp_path):
     saved = PromptArtifact.load(result.artifact)
     assert result.steps == 6 and set(saved.tensors) == {k for k in saved.tensors if k.startswith("head.")}
     assert saved.tensors and result.trainable_parameters == sum(t.numel() for t in saved.tensors.values())
+
+
+def test_model_dropout_is_on_in_training_steps_and_off_in_evaluation(tmp_path):
+    """training.model_dropout: the base's dropout runs in the training forwards (P-tuning v2's
+    reference loop), never in evaluation, and the base is back in eval mode afterwards."""
+    config = run_config(tmp_path, "bert", steps=4, eval_every=2)
+    config["method"] = {"name": "ptuning_v2", "prefix_length": 3}
+    base = api.load_model(config["model"])
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in base.model.modules())
+    modes, prompts = [], []
+    base.model.register_forward_pre_hook(lambda module, args: modes.append((torch.is_grad_enabled(), module.training)))
+    for on in (False, True):
+        modes.clear()
+        out = ["output=" + str(tmp_path / f"d{on}"), f"training.model_dropout={on}"]
+        result = api.train(config, out, base=base, progress=False, log=lambda s: None)
+        assert {training for grad, training in modes if grad} == {on}
+        assert {training for grad, training in modes if not grad} == {False}
+        assert not any(m.training for m in base.model.modules())
+        prompts.append(PromptArtifact.load(result.artifact).tensors)
+    assert any(not torch.equal(prompts[0][k], prompts[1][k]) for k in prompts[0])

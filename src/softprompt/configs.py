@@ -181,6 +181,7 @@ class TrainingConfig:
     group_by_length: bool = False  # batch rows of similar length (less padding, but noisier early steps)
     micro_batch_tokens: int = 768  # padded tokens per forward pass; larger batches accumulate gradients
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, ~30% slower
+    model_dropout: bool = False  # the frozen base's own dropout on while training (as P-tuning v2's and PEFT's loops); never in evaluation
     log_every: int = 10
 
     def __post_init__(self):

@@ -22,10 +22,13 @@ class PTuningV2Config:
     init: DeepInit = DeepInit.RANDOM  # random | words
     init_text: str | None = None  # for init='words' (default: the label words)
     cross_attention: bool = False  # encoder-decoders: also prefix the decoder's cross-attention
+    dropout: float = 0.0  # dropout on the prefixes while training (the reference code uses the model's 0.1)
     seed: int = 0
 
     def __post_init__(self):
         validate_deep_config(self)
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"method.dropout={self.dropout!r} must be in [0, 1)")
 
 
 def initial_prefixes(config, base, label_words: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -54,12 +57,16 @@ class PTuningV2(nn.Module):
         self.prefixes = nn.ParameterDict(
             {stack: nn.Parameter(t.detach().to(torch.float32).clone()) for stack, t in prefixes.items()}
         )
+        # prefix tuning serves its folded prefixes through this class; its dropout belonged to the MLP
+        self.dropout = nn.Dropout(config.dropout if isinstance(config, PTuningV2Config) else 0.0)
 
     @classmethod
     def initialise(cls, config: PTuningV2Config, base, label_words: Sequence[str] = ()):
         return cls(config, initial_prefixes(config, base, label_words))
 
     def prompt_tensors(self) -> PromptTensors:
+        if self.training and self.dropout.p > 0:
+            return PromptTensors(deep={stack: self.dropout(p) for stack, p in self.prefixes.items()})
         return PromptTensors(deep=dict(self.prefixes.items()))
 
     def export(self) -> dict[str, torch.Tensor]:

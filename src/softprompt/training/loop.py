@@ -187,6 +187,8 @@ def fit(
     unit.train()
     if config.gradient_checkpointing:
         set_checkpointing(pm.model, True)
+    if config.model_dropout:
+        pm.model.train()  # its dropout layers; evaluation switches them off again
     try:
         while step < config.steps:
             idx = batch_order(len(train_items), config.batch_size, step, config.seed,
@@ -222,10 +224,16 @@ def fit(
                 running = []
             if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
                 unit.eval()
+                if config.model_dropout:
+                    pm.model.eval()
+                    if config.gradient_checkpointing:
+                        set_checkpointing(pm.model, True)
                 eval_started = time.perf_counter()
                 scores = evaluate()
                 eval_seconds += time.perf_counter() - eval_started
                 unit.train()
+                if config.model_dropout:
+                    pm.model.train()
                 history.append({"step": step, **{k: v for k, v in scores.items() if isinstance(v, (int, float))}})
                 if writer:
                     for k, v in scores.items():
@@ -257,6 +265,7 @@ def fit(
         bar.close()
         if config.gradient_checkpointing:
             set_checkpointing(pm.model, False)
+        pm.model.eval()  # as loaded: evaluation and serving never see the base's dropout
         if writer:
             writer.close()
     elapsed = time.perf_counter() - started - eval_seconds
