@@ -7,7 +7,7 @@ AdamW, linear decay without warmup, inputs cut to --max-length tokens, scored on
 10000 sentences, seqeval span F1).
 
 Sides (--side):
-  ours          softprompt, --method ptuning_v2 (default) or prompt_tuning, linear head on [CLS]
+  ours          softprompt, --method ptuning_v2 (default), prefix_tuning or prompt_tuning, linear head on [CLS]
                 (SST-2) or on each word's first sub-token (CoNLL); base frozen
   full          transformers AutoModelFor{Sequence,Token}Classification, every parameter trained
   probe         the same model with only the classification head trained
@@ -67,7 +67,7 @@ def ours(a) -> dict:
         task = {"kind": "classification", "max_length": a.max_length + a.tokens, "pair": a.task in PAIRS,
                 "pooling": a.pooling}
         data["format"] = fmt
-    method = ({"name": "ptuning_v2", "prefix_length": a.tokens} if a.method == "ptuning_v2"
+    method = ({"name": a.method, "prefix_length": a.tokens} if a.method in ("ptuning_v2", "prefix_tuning")
               else {"name": "prompt_tuning", "num_virtual_tokens": a.tokens, "init": "vocab"})
     config = {
         "name": f"bench-{a.task}-ours", "model": {"name": "minilm-l6"}, "task": task, "method": method, "data": data,
@@ -76,7 +76,7 @@ def ours(a) -> dict:
         "output": str(Path(a.workdir) / f"{a.task}-ours"),
     }
     torch.manual_seed(a.seed)
-    result = api.train(config, progress=False, log=lambda s: None)
+    result = api.train(config, a.set or [], progress=False, log=lambda s: None)
     dev = result.metrics["dev"]
     key = "f1" if a.task in TAGGING else "accuracy"
     out = {"score": dev[key], "train_seconds": result.train_seconds,
@@ -208,7 +208,7 @@ def main():
     parser.add_argument("--task", choices=list(FILES), default="sst2")
     parser.add_argument("--side", default=None, help="run one side in this process and print its JSON")
     parser.add_argument("--sides", default="ours,full,probe,peft_prefix,peft_prompt")
-    parser.add_argument("--method", choices=["ptuning_v2", "prompt_tuning"], default="ptuning_v2")
+    parser.add_argument("--method", choices=["ptuning_v2", "prefix_tuning", "prompt_tuning"], default="ptuning_v2")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=20)
@@ -220,6 +220,8 @@ def main():
     parser.add_argument("--evals", type=int, default=1, help="our side: dev evaluations during training (a curve; "
                         "the reported score is the best of them, as training keeps the best checkpoint)")
     parser.add_argument("--train-eval", type=int, default=0, help="also score the first N training examples (fit)")
+    parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                        help="our side: a config override, repeatable (e.g. training.model_dropout=true)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--workdir", default="runs/bench-encoder")
@@ -232,7 +234,7 @@ def main():
     runs = {side: [] for side in sides}
     keep = [f"--task={a.task}", f"--method={a.method}", f"--steps={a.steps}", f"--batch={a.batch}",
             f"--tokens={a.tokens}", f"--head-lr={a.head_lr}", f"--pooling={a.pooling}", f"--max-length={a.max_length}", f"--workdir={a.workdir}",
-            f"--evals={a.evals}", f"--train-eval={a.train_eval}"]
+            f"--evals={a.evals}", f"--train-eval={a.train_eval}", *(f"--set={s}" for s in a.set or [])]
     for r in range(a.repeats):
         for side in sides if r % 2 == 0 else sides[::-1]:
             runs[side].append(run_side(__file__, side, keep + [f"--lr={lrs[side]}", f"--seed={a.seed + r}"]))

@@ -151,8 +151,14 @@ def few_shot_run(a, base, files, rows, folder, target, shots, seed, kind, overri
     """One k-shot target run from one initialisation; its dev accuracy and history go into rows[kind]."""
     from softprompt import api
 
-    c = config(target, files, a, out=a.work / folder / f"{target}-{shots}-{seed}-{kind}",
-               steps=a.target_steps, k_shot=shots, seed=seed)
+    out = a.work / folder / f"{target}-{shots}-{seed}-{kind}"
+    if a.reuse and (out / "metrics.json").exists() and (out / "history.json").exists():  # finished earlier
+        accuracy = json.loads((out / "metrics.json").read_text())["dev"]["accuracy"]
+        history = json.loads((out / "history.json").read_text())
+        rows.setdefault(kind, []).append({"seed": seed, "accuracy": accuracy, "history": history, "reused": True})
+        print(f"{target} {shots}-shot seed {seed} {kind}: {accuracy:.4f} (reused)", flush=True)
+        return
+    c = config(target, files, a, out=out, steps=a.target_steps, k_shot=shots, seed=seed)
     if task is not None:
         c["task"] = task
     r = api.train(c, overrides, base=base, progress=False, log=lambda _: None)
@@ -190,7 +196,7 @@ def main():
                    help="with --reuse: only rank the sources for --targets and add the rankings to --out")
     p.add_argument("--evals", type=int, default=4, help="dev evaluations per run (the convergence curve's points)")
     p.add_argument("--reuse", action="store_true",
-                   help="keep source prompts (and the PPT prompt) already trained under --work instead of retraining")
+                   help="keep source prompts, the PPT prompt and finished few-shot runs already under --work instead of retraining")
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--smoke", action="store_true", help="tiny budgets: check the pipeline only")
     p.add_argument("--ppt", action="store_true", help="the PPT experiment (item 6) instead of SPoT/TPT")

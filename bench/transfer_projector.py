@@ -49,7 +49,11 @@ def main():
     p.add_argument("--finetune-steps", type=int, default=100)
     p.add_argument("--finetune-lr", type=float, default=1e-4)
     p.add_argument("--n-dev", type=int, default=200)
+    p.add_argument("--evals", type=int, default=2, help="dev evaluations per training run")
     p.add_argument("--max-train", type=int, default=None)
+    p.add_argument("--target-prompts", type=Path, default=None,
+                   help="folder with <task>/prompt.safetensors target-model prompts to reuse (e.g. "
+                        "runs/transfer_experiment/sources) instead of training them here")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--anchors", action="store_true", help="only check the vocabulary-anchored map on held-out words")
     a = p.parse_args()
@@ -59,6 +63,7 @@ def main():
         a.prompt_steps, a.target_steps, a.finetune_steps, a.n_dev, a.seeds, a.shots = 3, 3, 2, 16, "0", "16"
         a.max_train, a.tokens, a.tasks = 100, 4, "sst2,trec"
     from softprompt import api
+    from softprompt.core import PromptArtifact
     from softprompt.transfer import (
         finetune_projector,
         fit_from_artifacts,
@@ -88,6 +93,15 @@ def main():
     prompts = {}
     for name in [*a.tasks.split(","), a.held_out]:  # 1. prompts on both models
         for side, base, make in (("source", src, source_config), ("target", tgt, target_config)):
+            reused = a.target_prompts / name / "prompt.safetensors" if a.target_prompts and side == "target" else None
+            if reused is not None and reused.exists():
+                prompts[(side, name)] = reused
+                # the held-out reference is scored on this script's dev rows; the others are only regressed on
+                score = (zero_shot(reused, files[name]["dev"], base=tgt)["accuracy"] if name == a.held_out
+                         else PromptArtifact.load(reused).meta["metrics"]["dev"]["accuracy"])
+                result["prompts"][f"{side}:{name}"] = score
+                print(f"{side} prompt {name}: reused {reused}, dev accuracy {score:.4f}", flush=True)
+                continue
             run = api.train(make(name, a.work / side / name, a.prompt_steps), base=base, **quiet)
             prompts[(side, name)] = run.artifact
             result["prompts"][f"{side}:{name}"] = run.metrics["dev"]["accuracy"]
