@@ -192,6 +192,7 @@ def main():
     p.add_argument("--matrix-limit", type=int, default=None, help="dev examples per cell of the transfer matrix")
     p.add_argument("--matrix-only", action="store_true",
                    help="with --reuse: recompute only the transfer matrix from the stored sources and update --out")
+    p.add_argument("--skip-matrix", action="store_true", help="no transfer matrix (e.g. adding 16-shot cells)")
     p.add_argument("--rankings-only", action="store_true",
                    help="with --reuse: only rank the sources for --targets and add the rankings to --out")
     p.add_argument("--evals", type=int, default=4, help="dev evaluations per run (the convergence curve's points)")
@@ -214,6 +215,7 @@ def main():
         a.source_steps, a.target_steps, a.probe_steps, a.n_dev, a.seeds, a.shots = 4, 4, 2, 24, "0", "16"
         a.max_train, a.tokens, a.top_k = 200, 4, 2
     from softprompt import api
+    from softprompt.core import PromptArtifact
     from softprompt.library import Library
     from softprompt.transfer import (
         best_of_top_k,
@@ -240,7 +242,7 @@ def main():
         paths[name] = Path(result["sources"][name]["artifact"])
         print(f"source {name}: dev accuracy {result['sources'][name]['dev_accuracy']:.4f} "
               f"({result['sources'][name]['train_seconds']:.0f} s)", flush=True)
-    if not a.rankings_only:
+    if not (a.rankings_only or a.skip_matrix):
         result["transfer_matrix"] = transfer_matrix(a, base, files, sources, paths)  # 3.
     if a.matrix_only:
         previous = json.loads(a.out.read_text()) if a.out.exists() else result
@@ -262,9 +264,12 @@ def main():
         if a.rankings_only:
             continue
         top = by_spot[: a.top_k]
-        mix = multitask_mixture([config(r.name, files, a, out=a.work / "unused", steps=1) for r in top],
-                                steps=a.source_steps, base=base, output=a.work / "mixture" / target,
-                                num_virtual_tokens=a.tokens, batch_size=a.batch, lr=a.lr, log=lambda _: None)
+        mix = a.work / "mixture" / target / "prompt.safetensors"
+        if not (a.reuse and mix.exists() and PromptArtifact.load(mix).meta.get("transfer", {}).get("sources")
+                == [r.name for r in top]):  # the same top-k sources were mixed before: keep that prompt
+            mix = multitask_mixture([config(r.name, files, a, out=a.work / "unused", steps=1) for r in top],
+                                    steps=a.source_steps, base=base, output=a.work / "mixture" / target,
+                                    num_virtual_tokens=a.tokens, batch_size=a.batch, lr=a.lr, log=lambda _: None)
         for shots in map(int, a.shots.split(",")):
             rows = {}
             for seed in map(int, a.seeds.split(",")):
