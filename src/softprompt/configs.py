@@ -97,6 +97,13 @@ def check_whole(obj, name: str, low: int, high: int, section: str) -> None:
         raise ConfigError(f"{section}.{name}={value!r} must be a whole number {low}..{high}")
 
 
+def check_dropout(obj, section: str, name: str = "dropout") -> None:
+    """Raise ConfigError unless obj.name is a dropout probability in [0, 1)."""
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"{section}.{name}={value!r} must be in [0, 1)")
+
+
 def from_dict(cls, data: Mapping[str, Any] | None, where: str = ""):
     """Build dataclass cls from a mapping; unknown keys and wrong types raise ConfigError."""
     if data is None:

@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 from ..core import PromptTensors
-from ..errors import ConfigError
 from .base import Injection, register_method
-from ..configs import check_whole
+from ..configs import check_dropout, check_whole
 from .deep_common import DeepInit, validate_deep_config
 from .ptuning_v2 import PTuningV2, initial_prefixes
 
@@ -37,8 +36,7 @@ class PrefixTuningConfig:
     def __post_init__(self):
         validate_deep_config(self)
         check_whole(self, "hidden", 1, 1 << 16, "method")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"method.dropout={self.dropout!r} must be in [0, 1)")
+        check_dropout(self, "method")
 
 
 @register_method

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..core import PromptTensors
-from ..configs import check_whole, coerce_enum
+from ..configs import check_dropout, check_whole, coerce_enum
 from ..errors import ConfigError
 from .base import Injection, register_method
 from .prompt_tuning import PromptInit, PromptTuning, PromptTuningConfig
@@ -42,8 +42,7 @@ class PTuningConfig:
         coerce_enum(self, "encoder", PromptEncoder, "method")
         coerce_enum(self, "init", PromptInit, "method")
         check_whole(self, "num_virtual_tokens", 1, 4096, "method")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"method.dropout={self.dropout!r} must be in [0, 1)")
+        check_dropout(self, "method")
         if self.init is PromptInit.TEXT and not (self.init_text and self.init_text.strip()):
             raise ConfigError("method.init='text' needs method.init_text (or use init='vocab')")
 

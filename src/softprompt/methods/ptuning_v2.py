@@ -8,6 +8,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
+from ..configs import check_dropout
 from ..core import PromptTensors
 from ..errors import ConfigError
 from .base import Injection, register_method
@@ -27,8 +28,7 @@ class PTuningV2Config:
 
     def __post_init__(self):
         validate_deep_config(self)
-        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ConfigError(f"method.dropout={self.dropout!r} must be in [0, 1)")
+        check_dropout(self, "method")
 
 
 def initial_prefixes(config, base, label_words: Sequence[str]) -> dict[str, torch.Tensor]:

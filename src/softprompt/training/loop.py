@@ -225,9 +225,7 @@ def fit(
             if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
                 unit.eval()
                 if config.model_dropout:
-                    pm.model.eval()
-                    if config.gradient_checkpointing:
-                        set_checkpointing(pm.model, True)
+                    pm.model.eval()  # no dropout, and no checkpointing either (no gradients here)
                 eval_started = time.perf_counter()
                 scores = evaluate()
                 eval_seconds += time.perf_counter() - eval_started
