@@ -160,3 +160,14 @@ def test_ptuning_v2_prefix_dropout_acts_in_training_only():
     assert all(clean[s] is params[s] for s in params)
     with pytest.raises(ConfigError, match=r"method\.dropout"):
         method_config({"name": "ptuning_v2", "dropout": 1.0})
+
+
+def test_a_loaded_prefix_tuning_prompt_drops_nothing_even_in_train_mode():
+    """Prefix tuning's dropout belongs to its MLP, which export folds away: the loaded prefixes are
+    served (and trained further) as they are."""
+    base = tiny_base("gpt2")
+    cls, cfg = method_config({"name": "prefix_tuning", **METHOD_CONFIGS["prefix_tuning"], "dropout": 0.5})
+    module = cls.initialise(cfg, base)
+    loaded = cls.from_export(cfg, module.export()).train()
+    deep, stored = loaded.prompt_tensors().deep, dict(loaded.prefixes.items())
+    assert deep and all(deep[s] is stored[s] for s in stored)

@@ -84,5 +84,5 @@ class PrefixTuning(nn.Module):
 
     @classmethod
     def from_export(cls, config, tensors: dict[str, torch.Tensor]):
-        # An artifact holds the folded prefixes; serving needs no MLP.
-        return PTuningV2.from_export(config, tensors)
+        # An artifact holds the folded prefixes; serving needs no MLP (whose dropout config.dropout is).
+        return PTuningV2.from_export(config, tensors, dropout=0.0)

@@ -51,14 +51,14 @@ class PTuningV2(nn.Module):
     injections: ClassVar[frozenset] = frozenset({Injection.DEEP})
     num_virtual_tokens: ClassVar[int] = 0
 
-    def __init__(self, config, prefixes: dict[str, torch.Tensor]):
+    def __init__(self, config, prefixes: dict[str, torch.Tensor], dropout: float | None = None):
+        """``dropout`` (prefix entries dropped in training) defaults to ``config.dropout``."""
         super().__init__()
         self.config = config
         self.prefixes = nn.ParameterDict(
             {stack: nn.Parameter(t.detach().to(torch.float32).clone()) for stack, t in prefixes.items()}
         )
-        # prefix tuning serves its folded prefixes through this class; its dropout belonged to the MLP
-        self.dropout = nn.Dropout(config.dropout if isinstance(config, PTuningV2Config) else 0.0)
+        self.dropout = nn.Dropout(config.dropout if dropout is None else dropout)
 
     @classmethod
     def initialise(cls, config: PTuningV2Config, base, label_words: Sequence[str] = ()):
@@ -73,5 +73,6 @@ class PTuningV2(nn.Module):
         return {f"deep.{stack}": p.detach().to("cpu", torch.float32).clone() for stack, p in self.prefixes.items()}
 
     @classmethod
-    def from_export(cls, config, tensors: dict[str, torch.Tensor]):
-        return cls(config, {name[len("deep."):]: t for name, t in tensors.items() if name.startswith("deep.")})
+    def from_export(cls, config, tensors: dict[str, torch.Tensor], dropout: float | None = None):
+        prefixes = {name[len("deep."):]: t for name, t in tensors.items() if name.startswith("deep.")}
+        return cls(config, prefixes, dropout)
