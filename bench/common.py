@@ -35,13 +35,19 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {gpu}, torch {torch.__version__}, threads {torch.get_num_threads()}"
 
 
-def run_side(script: str, side: str, args: list[str]) -> dict:
-    """Run one side in a fresh process (so peak RSS is its own) and parse its JSON result line."""
+def run_side(script: str, side: str, args: list[str], keep_going: bool = False) -> dict:
+    """Run one side in a fresh process (so peak RSS is its own) and parse its JSON result line.
+
+    A side that fails stops the benchmark, or with keep_going is recorded as {"error": its last
+    stderr line} (a competitor that crashes on a task is a result too)."""
     cmd = [sys.executable, script, "--side", side, *args]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
+        if keep_going:
+            lines = proc.stderr.strip().splitlines()
+            return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
         raise SystemExit(f"{side} failed with exit code {proc.returncode}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["wall_s"] = time.perf_counter() - started

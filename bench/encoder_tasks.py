@@ -241,7 +241,8 @@ def main():
             f"--evals={a.evals}", f"--train-eval={a.train_eval}", *(f"--set={s}" for s in a.set or [])]
     for r in range(a.repeats):
         for side in sides if r % 2 == 0 else sides[::-1]:
-            runs[side].append(run_side(__file__, side, keep + [f"--lr={lrs[side]}", f"--seed={a.seed + r}"]))
+            runs[side].append(run_side(__file__, side, keep + [f"--lr={lrs[side]}", f"--seed={a.seed + r}"],
+                                       keep_going=side != "ours"))
             print(f"repeat {r + 1} {side}: {json.dumps(runs[side][-1])}", file=sys.stderr, flush=True)
     metric = "dev span F1" if a.task in TAGGING else "dev accuracy"
     print(f"minilm-l6 {a.task}: {a.steps} steps of {a.batch}, {a.tokens} prompt tokens, max length {a.max_length}, "
@@ -251,10 +252,14 @@ def main():
     print("| --- | ---: | ---: | ---: |" + (" ---: |" if a.train_eval else "") + " ---: | ---: | ---: |")
     table = {}
     for side in sides:
-        m = {k: statistics.median(r[k] for r in runs[side]) for k, v in runs[side][0].items()
-             if isinstance(v, (int, float))}
-        table[side] = m
         name = f"softprompt {a.method}" if side == "ours" else side
+        ok = [r for r in runs[side] if "error" not in r]
+        if not ok:  # e.g. PEFT prompt tuning on token classification
+            table[side] = {"error": runs[side][0]["error"]}
+            print(f"| {name} | {lrs[side]} | crashed: {runs[side][0]['error'][:120]} |")
+            continue
+        m = {k: statistics.median(r[k] for r in ok) for k, v in ok[0].items() if isinstance(v, (int, float))}
+        table[side] = m
         fit = f" {m['train_score']:.4f} |" if a.train_eval else ""
         final = f"{m['final_score']:.4f}" if "final_score" in m else "-"
         print(f"| {name} | {lrs[side]} | {m['score']:.4f} | {final} |{fit} {m['samples_per_s']:.1f} | {m['trainable_params']:.0f} "
