@@ -132,3 +132,26 @@ def test_a_new_wrapper_without_prefixes_is_not_touched_by_an_earlier_prefixed_ba
     again = _outputs(second, rows, [None] * 3, {}, "right")
     for a, b in zip(clean, again):
         assert torch.allclose(a, b, atol=ATOL)
+
+
+def test_a_family_without_attention_interface_fails_when_the_deep_method_is_set_up():
+    """XLNet's relative attention does not go through transformers' AttentionInterface, so prefixes
+    cannot be injected: the deep method must say so when it is initialised, before any training step.
+    Input prompts still work on it."""
+    import transformers
+
+    from softprompt.api import method_config
+    from softprompt.errors import ConfigError
+    from softprompt.models import wrap_model
+    from tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer("gpt2")
+    config = transformers.XLNetConfig(vocab_size=len(tokenizer), d_model=32, n_layer=2, n_head=4, d_inner=64)
+    base = wrap_model(transformers.XLNetLMHeadModel(config).eval(), tokenizer, "tiny-xlnet", kind=ModelKind.CAUSAL)
+    for method in ({"name": "ptuning_v2", "prefix_length": 4, "init": "random"},
+                   {"name": "prefix_tuning", "prefix_length": 4, "init_text": "good bad"}):
+        cls, cfg = method_config(method)
+        with pytest.raises(ConfigError, match="model family 'xlnet': deep prompts need attention modules"):
+            cls.initialise(cfg, base)
+    cls, cfg = method_config({"name": "prompt_tuning", "num_virtual_tokens": 4, "init": "vocab"})
+    assert cls.initialise(cfg, base).prompt_tensors().input.shape == (4, 32)
