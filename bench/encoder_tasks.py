@@ -84,8 +84,8 @@ def ours(a) -> dict:
            "artifact_bytes": result.artifact.stat().st_size, "trainable_params": result.trainable_parameters,
            "curve": [[h["step"], h[key]] for h in result.history if key in h]}
     # The score above is the best evaluated checkpoint (what training keeps); the transformers sides
-    # report their last step, so the last evaluation is kept too for a like-for-like column.
-    out["final_score"] = out["curve"][-1][1] if out["curve"] and out["curve"][-1][0] == a.steps else dev[key]
+    # report their last step, so the last evaluation (training always evaluates its last step) is kept too.
+    out["final_score"] = out["curve"][-1][1]
     if a.train_eval:  # how well the prompt fits (the start of) its own training data: capacity, not generalisation
         from softprompt.core import PromptedModel
         from softprompt.training.run import evaluate_items, load_prompt, prepare

@@ -42,14 +42,10 @@ TASKS = {
 
 # Our method section per benchmark method; --tokens is the virtual-token / prefix length on both sides.
 OURS = {
-    "prompt_tuning": lambda a: {"name": "prompt_tuning", "num_virtual_tokens": a.tokens, "init": "text",
-                                "init_text": TASKS[a.task]["init_text"]},
-    "ptuning": lambda a: {"name": "ptuning", "encoder": "mlp", "num_virtual_tokens": a.tokens, "init": "text",
-                          "init_text": TASKS[a.task]["init_text"]},
-    "prefix_tuning": lambda a: {"name": "prefix_tuning", "prefix_length": a.tokens, "hidden": 512, "init": "words",
-                                "init_text": TASKS[a.task]["init_text"]},
-    "ptuning_v2": lambda a: {"name": "ptuning_v2", "prefix_length": a.tokens, "init": "words",
-                             "init_text": TASKS[a.task]["init_text"]},
+    "prompt_tuning": lambda a: {"num_virtual_tokens": a.tokens, "init": "text"},
+    "ptuning": lambda a: {"encoder": "mlp", "num_virtual_tokens": a.tokens, "init": "text"},
+    "prefix_tuning": lambda a: {"prefix_length": a.tokens, "hidden": 512, "init": "words"},
+    "ptuning_v2": lambda a: {"prefix_length": a.tokens, "init": "words"},
 }
 REFERENCE_ONLY = ("lora", "full")  # no softprompt side: PEFT LoRA, and full fine-tuning with transformers
 
@@ -108,7 +104,7 @@ def ours(a) -> dict:
         "model": {"name": "smollm2-135m"},
         "task": {"kind": "classification", "template": spec["template"] + " {mask}", "verbalizer": spec["words"],
                  "max_length": a.max_length + a.tokens},  # PEFT's max_length excludes the virtual tokens
-        "method": OURS[a.method](a),
+        "method": {"name": a.method, **OURS[a.method](a), "init_text": spec["init_text"]},
         "data": {"train": str(spec["train"]), "dev": str(spec["dev"]), "format": spec["format"]},
         "training": {"steps": a.steps, "batch_size": a.batch, "lr": a.lr, "warmup": 0, "eval_every": a.steps,
                      "seed": a.seed, "eval_batch_size": 32},
