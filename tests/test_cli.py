@@ -40,6 +40,19 @@ def test_console_entry_point_runs_in_a_real_process(tmp_path):
     assert out.returncode == 2 and out.stderr.strip() == f"error: {tmp_path / 'none.safetensors'}: file not found"
 
 
+def test_every_command_and_group_is_on_the_app():
+    """The command modules register nothing themselves; softprompt.cli names each command and group."""
+    import typer
+
+    tree = typer.main.get_command(app)
+    groups = {name: sorted(tree.commands[name].commands) for name in ("library", "transfer", "ppt")}
+    assert list(tree.commands) == ["train", "eval", "predict", "sweep", "models", "info", "demo", "similarity",
+                                   "search", "inspect", "library", "transfer", "ppt"]
+    assert groups == {"library": ["add", "check", "export", "list", "rm", "search", "show"],
+                      "transfer": ["fit-projector", "project", "rank", "vocab-projector", "zero-shot"],
+                      "ppt": ["examples", "pretrain"]}
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")

@@ -8,7 +8,7 @@ import softprompt
 ROOT = Path(softprompt.__file__).parent
 # Top (0) to bottom. Modules on one level may use each other (training, search and transfer share the run helpers).
 LEVEL = {
-    "cli": 0, "cli_common": 0, "cli_library": 0, "cli_search": 0, "cli_transfer_extra": 0, "serve": 0,
+    "cli": 0, "serve": 0,
     "api": 1,
     "training": 2, "search": 2, "transfer": 2, "sweep": 2, "examples": 2,
     "tasks": 3,

@@ -3,7 +3,6 @@ target's task loss; projected prompts load on the target model; the CLI commands
 
 import pytest
 import torch
-import typer
 from tiny import tiny_base
 from typer.testing import CliRunner
 
@@ -107,12 +106,9 @@ def test_task_loss_fine_tuning_moves_the_projector(bases, tmp_path):
 
 
 def test_cli_projects_a_prompt(bases, tmp_path):
-    from softprompt import cli_library, cli_transfer_extra
+    from softprompt.cli import app
 
     a, b = bases
-    app = typer.Typer()
-    cli_library.register(app)  # cli.py registers both; `transfer` is cli_library's group
-    cli_transfer_extra.register(app)
     g = torch.Generator().manual_seed(4)
     paths = [(artifact(torch.randn(4, 32, generator=g), a, f"t{i}").save(tmp_path / f"a{i}.safetensors"),
               artifact(torch.randn(4, 32, generator=g), b, f"t{i}").save(tmp_path / f"b{i}.safetensors")) for i in range(2)]

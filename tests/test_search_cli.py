@@ -3,30 +3,17 @@
 import json
 
 import pytest
-import typer
 import yaml
 from helpers import run_config, write_data
 from tiny import save_tiny
 from typer.testing import CliRunner
 
-from softprompt.cli_search import register
+from softprompt.cli import app as main_app
 
 
 @pytest.fixture(scope="module")
 def app():
-    from softprompt.cli import app as main_app
-
-    names = {c.name for c in main_app.registered_commands}
-    if "search" in names:  # already registered by softprompt.cli
-        return main_app
-    local = typer.Typer(pretty_exceptions_enable=False)
-
-    @local.callback()
-    def _main():
-        pass
-
-    register(local)
-    return local
+    return main_app
 
 
 def _search_config(tmp_path, **extra):

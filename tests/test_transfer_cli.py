@@ -4,23 +4,14 @@ import json
 
 import pytest
 import torch
-import typer
 import yaml
 from helpers import run_config
 from tiny import tiny_base
 from typer.testing import CliRunner
 
 from softprompt import api
-from softprompt.cli_library import register
+from softprompt.cli import app
 from softprompt.core import PromptArtifact
-
-app = typer.Typer()
-register(app)
-
-
-@app.callback()
-def _root():
-    """A stand-in for the main app (cli.py registers the same commands)."""
 
 
 def sp(*args):

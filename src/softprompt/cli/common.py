@@ -1,10 +1,16 @@
-"""What every command module shares: one-line errors with exit code 2, and the --debug switch."""
+"""What every command module shares: one-line errors with exit code 2, the --debug switch, and the
+--library option with its opener."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 _STATE = {"debug": False}
+
+_LIB = typer.Option(None, "--library", "-L", envvar="SOFTPROMPT_LIBRARY",
+                    help="Library directory (default: $SOFTPROMPT_LIBRARY or ~/.local/share/softprompt/library).")
 
 
 def _fail(message: str, code: int = 2):
@@ -14,7 +20,7 @@ def _fail(message: str, code: int = 2):
 
 def _run(fn, *args, **kwargs):
     """Call an API function; user errors become one line on stderr and exit code 2."""
-    from .errors import SoftpromptError
+    from ..errors import SoftpromptError
 
     try:
         return fn(*args, **kwargs)
@@ -25,3 +31,10 @@ def _run(fn, *args, **kwargs):
     except KeyboardInterrupt:
         typer.echo("interrupted: the last finished step is checkpointed; run again with --resume", err=True)
         raise typer.Exit(130)
+
+
+def _library(root: Path | None):
+    """The prompt library at root (default location when None), or one error line."""
+    from ..library import Library
+
+    return _run(Library, root)

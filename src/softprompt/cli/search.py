@@ -1,7 +1,5 @@
-"""`softprompt search` and `softprompt inspect`: thin commands over softprompt.search.
-
-Register them on the main app with ``register(app)``.
-"""
+"""`softprompt search` (hard prompts scored on dev data) and `softprompt inspect` (a soft prompt read as
+words): thin shells over softprompt.search."""
 
 from __future__ import annotations
 
@@ -11,6 +9,8 @@ from typing import List, Optional
 
 import typer
 
+from .common import _run
+
 
 def search(
     config: Path = typer.Argument(..., help="YAML search config (model, data, candidates; optional ape, autoprompt)."),
@@ -19,8 +19,7 @@ def search(
 ):
     """Score hard prompts (templates x verbalizers, zero- or few-shot, calibrated) on dev data; report
     the sensitivity (mean, std, range; table and chart) and the best prompt, as JSON."""
-    from .cli_common import _run
-    from .search import search as run_search
+    from ..search import search as run_search
 
     result = _run(run_search, config, overrides or [], progress=not quiet, log=typer.echo)
     best = result.best
@@ -39,10 +38,9 @@ def inspect(
 ):
     """Read a soft prompt as words: nearest vocabulary tokens (cosine) of each virtual token, and the
     score of the prompt made of those tokens."""
-    from . import api
-    from .cli_common import _run
-    from .configs import DataConfig
-    from .search import inspect_prompt
+    from .. import api
+    from ..configs import DataConfig
+    from ..search import inspect_prompt
 
     loaded = _run(api.load_prompt, artifact, allow_model_mismatch=allow_model_mismatch)
     examples = []
@@ -55,9 +53,3 @@ def inspect(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"artifact": str(artifact), **reading.to_dict()}, indent=1, ensure_ascii=False) + "\n")
         typer.echo(f"wrote {out}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add the search and inspect commands to a typer app."""
-    app.command("search")(search)
-    app.command("inspect")(inspect)

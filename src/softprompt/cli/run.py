@@ -1,31 +1,17 @@
-"""The `softprompt` command: a thin shell over softprompt.api."""
+"""`softprompt train`, `eval`, `predict`, `info`, `models` and `demo`: one prompt, from training to use;
+thin shells over softprompt.api."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .cli_common import _STATE, _fail, _run
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Prompt learning for frozen transformers: train, evaluate and use kilobyte task prompts.",
-    pretty_exceptions_enable=False,
-)
+from .common import _fail, _run
 
 
-@app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")):
-    _STATE["debug"] = debug
-
-
-@app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML run config (model, task, method, data, training)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. training.lr=0.01"),
@@ -33,14 +19,13 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Train a prompt; writes prompt.safetensors, config.yaml, metrics and logs to the run directory."""
-    from . import api
+    from .. import api
 
     result = _run(api.train, config, overrides or [], resume=resume, progress=not quiet, log=typer.echo)
     summary = {k: round(v, 4) for k, v in result.metrics.get("dev", {}).items() if isinstance(v, float)}
     typer.echo(f"done: {result.artifact}  dev {summary}  {result.samples_per_second:.1f} samples/s")
 
 
-@app.command("eval")
 def eval_(
     artifact: Path = typer.Argument(..., help="A prompt .safetensors file."),
     data: Path = typer.Argument(..., help="Labelled examples (JSONL, CSV/TSV, label-first lines, GLUE tsv)."),
@@ -53,15 +38,14 @@ def eval_(
     allow_model_mismatch: bool = typer.Option(False, help="Use the prompt on a base model it was not made for."),
 ):
     """Evaluate a prompt on labelled data: accuracy, macro-F1 and a per-class report."""
-    from . import api
-    from .tasks.metrics import format_report
+    from .. import api
+    from ..tasks.metrics import format_report
 
     metrics = _run(api.evaluate, artifact, data, format=format, text_field=text_field, text_b_field=text_b_field,
                    label_field=label_field, batch_size=batch_size, allow_model_mismatch=allow_model_mismatch)
     typer.echo(json.dumps(metrics, indent=1) if as_json else format_report(metrics))
 
 
-@app.command()
 def predict(
     artifact: Path = typer.Argument(..., help="A prompt .safetensors file."),
     text: Optional[str] = typer.Argument(None, help="A text to classify (or use --file)."),
@@ -73,8 +57,8 @@ def predict(
     allow_model_mismatch: bool = typer.Option(False, help="Use the prompt on a base model it was not made for."),
 ):
     """Predict the label and probabilities of a text, or of every example of a file (JSONL out)."""
-    from . import api
-    from .tasks.readers import Example
+    from .. import api
+    from ..tasks.readers import Example
 
     if (text is None) == (file is None):
         _fail("give either a TEXT or --file PATH")
@@ -100,29 +84,9 @@ def predict(
     typer.echo(f"{pred.label}\t{probs}")
 
 
-@app.command()
-def sweep(
-    config: Path = typer.Argument(..., help="YAML run config; its method and data are swept."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides"),
-    lr: List[float] = typer.Option([0.003, 0.01, 0.03], "--lr", help="Learning rates to try (repeat the option)."),
-    length: List[int] = typer.Option([10, 20], "--length", help="Prompt lengths to try (repeat the option)."),
-    min_steps: int = typer.Option(50, help="Steps of the first rung."),
-    eta: int = typer.Option(3, help="Keep 1/eta of the candidates per rung; the budget grows eta times."),
-    rungs: int = typer.Option(3, help="Number of rungs."),
-):
-    """Search learning rate and prompt length by successive halving; keep the best prompt."""
-    from .sweep import sweep as run_sweep
-
-    result = _run(run_sweep, config, lr, length, min_steps=min_steps, eta=eta, rungs=rungs,
-                  overrides=overrides or [], log=typer.echo)
-    typer.echo(result.table())
-    typer.echo(f"best: lr {result.best.lr:g}, length {result.best.length}; prompt kept at {result.artifact}")
-
-
-@app.command()
 def models():
     """List the embedded default models and whether they are installed."""
-    from . import api
+    from .. import api
 
     for row in api.list_models():
         typer.echo(f"{row['name']:<14} {row['status']:<36} {row['description']}")
@@ -131,14 +95,13 @@ def models():
     typer.echo("Any Hugging Face model id (cached) or local model directory works as model.name too.")
 
 
-@app.command()
 def info(
     artifact: Path = typer.Argument(..., help="A prompt .safetensors file."),
     model: Optional[str] = typer.Option(None, help="Check that the prompt fits this base model."),
 ):
     """Show what a prompt file holds (method, task, base model, metrics) and check it fits a model."""
-    from . import api
-    from .core import PromptArtifact
+    from .. import api
+    from ..core import PromptArtifact
 
     art = _run(PromptArtifact.load, artifact)
     meta = art.meta
@@ -156,17 +119,16 @@ def info(
         typer.echo(f"fits {loaded.name} (fingerprint {loaded.fingerprint})")
 
 
-@app.command()
 def demo(
     output: Path = typer.Option(Path("runs/demo"), help="Run directory."),
     steps: int = typer.Option(60, help="Training steps."),
     model: str = typer.Option("smollm2-135m", help="Base model."),
 ):
     """Train a soft prompt on the bundled sentiment examples, evaluate it, then predict with the file."""
-    from . import api
-    from .configs import read_yaml
+    from .. import api
+    from ..configs import read_yaml
 
-    examples = Path(__file__).parent / "examples"
+    examples = Path(__file__).parent.parent / "examples"
     config = read_yaml(examples / "demo.yaml")
     config["data"]["train"] = str(examples / config["data"]["train"])
     config["data"]["dev"] = str(examples / config["data"]["dev"])
@@ -178,26 +140,3 @@ def demo(
     for text in ("An absolute delight from start to finish.", "I want those two hours of my life back."):
         (pred,) = _run(api.predict, result.artifact, [text])
         typer.echo(f"predict  {text!r} -> {pred.label} ({pred.probabilities[pred.label]:.2f})")
-
-
-from . import cli_transfer_extra  # noqa: E402
-from .cli_library import register as _register_library  # noqa: E402
-from .cli_search import register as _register_search  # noqa: E402
-
-_register_library(app)
-cli_transfer_extra.register(app)  # ppt and cross-model commands; extends the transfer group above
-_register_search(app)
-
-
-def main():
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        app()
-    except BrokenPipeError:
-        sys.exit(0)
-
-
-if __name__ == "__main__":
-    main()
