@@ -14,7 +14,8 @@ import torch
 
 from ..errors import ModelError
 from .families import ModelInfo, ModelKind, describe, kind_of
-from .fingerprint import fingerprint
+from .fingerprint import VERSION as FINGERPRINT_VERSION
+from .fingerprint import fingerprint_v1, fingerprints
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,21 @@ class BaseModel:
     tokenizer: object
     info: ModelInfo
     name: str
-    fingerprint: str = field(default="")
+    fingerprint: str = field(default="")  # models.fingerprint: the same in float32, bfloat16, float16
+    weights: str = field(default="")  # the bfloat16 values' digest, beside the fingerprint's signs
+    _fingerprint_v1: str | None = field(default=None, repr=False)
+
+    @property
+    def fingerprint_v1(self) -> str:
+        """The fingerprint artifacts made before fingerprint versions recorded (computed when asked)."""
+        if self._fingerprint_v1 is None:
+            self._fingerprint_v1 = fingerprint_v1(self.model)
+        return self._fingerprint_v1
+
+    def fingerprint_meta(self) -> dict:
+        """What an artifact's base_model metadata records so that loading can check it fits this model."""
+        return {"fingerprint": self.fingerprint, "fingerprint_version": FINGERPRINT_VERSION, "weights": self.weights,
+                "dtype": self.dtype_name}
 
     @property
     def device(self) -> torch.device:
@@ -142,6 +157,10 @@ class BaseModel:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
 
     def input_embeddings(self) -> torch.nn.Module:
         return self.model.get_input_embeddings()
@@ -196,7 +215,8 @@ def wrap_model(model, tokenizer, name: str, kind: ModelKind | None = None) -> Ba
     if tokenizer is not None and tokenizer.pad_token_id is None:
         # Pad positions are always masked; any id works, and eos is what every causal LM has.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return BaseModel(model=model, tokenizer=tokenizer, info=info, name=name, fingerprint=fingerprint(model))
+    fingerprint, weights = fingerprints(model)
+    return BaseModel(model=model, tokenizer=tokenizer, info=info, name=name, fingerprint=fingerprint, weights=weights)
 
 
 _LOADED: dict[tuple, BaseModel] = {}

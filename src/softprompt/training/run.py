@@ -242,7 +242,7 @@ def train(
         "data_fields": {"text_field": data.text_field, "text_b_field": data.text_b_field, "label_field": data.label_field},
         "base_model": {
             "name": base.name,
-            "fingerprint": base.fingerprint,
+            **base.fingerprint_meta(),  # fingerprint, its version, weights digest, dtype
             "model_type": base.info.model_type,
             "hidden_size": base.info.hidden_size,
             "num_layers": base.info.num_layers,

@@ -40,7 +40,7 @@ class ProjectorKind(str, Enum):
 
 
 def _model_facts(base) -> dict:
-    return {"name": base.name, "fingerprint": base.fingerprint, "hidden_size": base.info.hidden_size,
+    return {"name": base.name, **base.fingerprint_meta(), "hidden_size": base.info.hidden_size,
             "model_type": base.info.model_type, "num_layers": base.info.num_layers}
 
 

@@ -141,7 +141,7 @@ def multitask_mixture(sources: Sequence, *, steps: int, base, output: str | Path
         "method": "prompt_tuning", "name": "mixture-" + "+".join(names),
         "method_config": to_dict(method.config),
         "task": {**to_dict(first.config), "kind": first.kind, "labels": first.labels},
-        "base_model": {"name": base.name, "fingerprint": base.fingerprint, "model_type": base.info.model_type,
+        "base_model": {"name": base.name, **base.fingerprint_meta(), "model_type": base.info.model_type,
                        "hidden_size": base.info.hidden_size, "num_layers": base.info.num_layers},
         "training": {"steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
                      "train_seconds": round(time.perf_counter() - started, 1)},
