@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from softprompt.errors import ConfigError, DataError
+from softprompt.tasks.conll import read_token_examples
 from softprompt.tasks.readers import (
     DataFormat,
     DataWarning,
@@ -124,7 +125,7 @@ def test_label_first_legacy_encoding_falls_back_per_line_and_warns(tmp_path):
     # cp1252 bytes as in MR/SUBJ: 0x85 is an ellipsis (and would be a line break, NEL, if the
     # file were split with str.splitlines), 0xe9 is e-acute; line 1 is valid UTF-8.
     p = write(tmp_path, "mr.all", "1 caf\u00e9 ok\n".encode() + b"0 clich\xe9s\x85 pile up\n1 fine\n")
-    with pytest.warns(DataWarning, match=r"mr\.all: 1 line not valid utf-8 \(first: line 2\); read as cp1252"):
+    with pytest.warns(DataWarning, match=r"mr\.all:2: not valid utf-8, read as cp1252$"):
         ex = read_examples(p)
     assert [e.text for e in ex] == ["caf\u00e9 ok", "clich\u00e9s\u2026 pile up", "fine"]
 
@@ -351,7 +352,7 @@ def test_real_trec_label_first():
         fields={"label": "0", "text": "How did serfdom develop in and then leave Russia ?"},
     )
     # Line 66 holds one stray non-UTF-8 byte (0xf0 for a hyphen, "sister\xf0city").
-    with pytest.warns(DataWarning, match="line 66"):
+    with pytest.warns(DataWarning, match=rf"{p}:66: not valid utf-8"):
         assert read_examples(p, limit=66)[-1].text == "Which city has the oldest relationship as a sister\u00f0city with Los Angeles ?"
 
 
@@ -375,7 +376,7 @@ def test_real_mr_reads_whole_file_with_cp1252_fallback():
     # Splitting on "\n" only: 0x85 (an ellipsis in cp1252, NEL in latin-1) must not break lines.
     assert len(ex) == 10662 and Counter(e.label for e in ex) == {"0": 5331, "1": 5331}
     assert [str(w.message) for w in caught if w.category is DataWarning] == [
-        f"{p}: 202 lines not valid utf-8 (first: line 32); read as cp1252"
+        f"{p}:32: not valid utf-8, read as cp1252 (202 lines like this, the first here)"
     ]
     assert ex[31].text == "the action clich\u00e9s just pile up ."
 
@@ -395,3 +396,104 @@ def test_max_dev_cutting_a_label_sorted_file_to_one_class_warns(tmp_path):
     with pytest.warns(DataWarning, match=r"data.max_dev=5 keeps the first 5 examples.*'positive'"):
         run = api.train(config, progress=False, log=lambda _: None)
     assert run.metrics["dev"]["n"] == 5  # a warning, not an error: the run still trains and scores the 5 rows
+
+
+# ---------------------------------------------------------------- byte-order marks and invalid UTF-8
+
+BOM = "\ufeff"
+# Each file: a BOM at the file's start, at a line's start, alone on a line (concatenated files) and,
+# where a line holds text, inside it; every format reads the same two examples.
+BOM_FILES = {
+    DataFormat.JSONL: f'{BOM}{{"text": "a", "label": "x"}}\n{BOM}\n{BOM}{{"text": "b{BOM}", "label": "y"}}\n{BOM}',
+    DataFormat.CSV: f"{BOM}text,label\n{BOM}a,x\n{BOM}\nb,{BOM}y\n{BOM}",
+    DataFormat.TSV: f"{BOM}text\tlabel\n{BOM}a\tx\n{BOM}\nb\ty{BOM}\n{BOM}",
+    DataFormat.GLUE_TSV: f"{BOM}index\tsentence\tlabel\n{BOM}0\ta\tx\n{BOM}\n1\tb\t{BOM}y\n{BOM}",
+    DataFormat.LABEL_FIRST: f"{BOM}x a\n{BOM}\n{BOM}y{BOM}b\n{BOM}",
+}
+
+
+@pytest.mark.parametrize("fmt", list(BOM_FILES))
+def test_a_byte_order_mark_anywhere_is_whitespace(tmp_path, fmt):
+    p = write(tmp_path, f"bom.{fmt.value}", BOM_FILES[fmt])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning either: the BOM is valid UTF-8
+        ex = read_examples(p, format=fmt)
+    assert [(e.text, e.label) for e in ex] == [("a", "x"), ("b", "y")]
+    assert [e.source for e in ex][0] == f"{p}:{1 if fmt in (DataFormat.JSONL, DataFormat.LABEL_FIRST) else 2}"
+
+
+def test_a_byte_order_mark_in_a_json_escape_is_whitespace_too(tmp_path):
+    p = write(tmp_path, "esc.jsonl", '{"text": "\\ufeffa\\ufeff", "label": "\\ufeffx"}\n')
+    assert [(e.text, e.label) for e in read_examples(p)] == [("a", "x")]
+
+
+def test_a_utf8_bom_on_a_legacy_line_does_not_become_mojibake(tmp_path):
+    p = write(tmp_path, "mixed.txt", b"\xef\xbb\xbf1 caf\xe9\n")  # a BOM, then a cp1252 byte
+    with pytest.warns(DataWarning, match=r"mixed\.txt:1: not valid utf-8, read as cp1252$"):
+        assert read_examples(p, format="label-first")[0].text == "caf\u00e9"
+
+
+def test_invalid_utf8_in_json_lines_is_an_error_naming_file_line_and_byte(tmp_path):
+    p = write(tmp_path, "bad.jsonl", b'{"text": "a", "label": "x"}\n{"text": "caf\xe9", "label": "y"}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: not valid utf-8 \(byte 0xe9 at column 14\); "
+                                        r"save the file as utf-8$"):
+        read_examples(p)
+
+
+@pytest.mark.parametrize("fmt, content", [
+    (DataFormat.CSV, b"text,label\na,x\ncaf\xe9,y\n"),
+    (DataFormat.TSV, b"text\tlabel\na\tx\ncaf\xe9\ty\n"),
+    (DataFormat.GLUE_TSV, b"index\tsentence\tlabel\n0\ta\tx\n1\tcaf\xe9\ty\n"),
+    (DataFormat.LABEL_FIRST, b"x a\ny caf\xe9\n"),
+    (DataFormat.TEXT, b"a\ncaf\xe9\n"),
+])
+def test_invalid_utf8_in_line_formats_warns_with_file_and_line(tmp_path, fmt, content):
+    # Spreadsheet exports and the legacy corpora are cp1252: read, and said where.
+    p = write(tmp_path, f"legacy.{fmt.value}", content)
+    with pytest.warns(DataWarning, match=rf"legacy\.{fmt.value}:3: not valid utf-8, read as cp1252$"
+                      if fmt in (DataFormat.CSV, DataFormat.TSV, DataFormat.GLUE_TSV)
+                      else rf"legacy\.{fmt.value}:2: not valid utf-8, read as cp1252$"):
+        ex = read_examples(p, format=fmt, require_label=fmt is not DataFormat.TEXT)
+    assert ex[-1].text == "caf\u00e9"
+
+
+@pytest.mark.parametrize("line, error", [
+    ('{"text": "\\ud800", "label": "x"}', r"bad\.jsonl:1: a \\u escape makes half a character"),
+    ('{"text": "a", "label": "x", "\\udc00": 1}', r"bad\.jsonl:1: a \\u escape makes half a character"),
+    ('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}", r"bad\.jsonl:1: JSON nested too deeply"),
+    ('{"text": "a", "label": ' + "9" * 5000 + "}", r"bad\.jsonl:1: a JSON number too long"),
+])
+def test_json_that_python_cannot_hold_is_a_data_error(tmp_path, line, error):
+    with pytest.raises(DataError, match=error):
+        read_examples(write(tmp_path, "bad.jsonl", line + "\n"))
+
+
+def test_a_valid_surrogate_pair_is_one_character(tmp_path):
+    p = write(tmp_path, "emoji.jsonl", '{"text": "ok \\ud83d\\ude00", "label": "x"}\n')
+    assert read_examples(p)[0].text == "ok \U0001F600"
+
+
+def test_conll_reads_a_byte_order_mark_anywhere_as_whitespace(tmp_path):
+    # The file: a last line that holds only a BOM stopped the reader ("found '\ufeff'").
+    p = write(tmp_path, "ner.txt", f"{BOM}EU B-ORG\n{BOM}rejects O\n\n{BOM}\nGerman{BOM}B-MISC\n{BOM}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sentences = read_token_examples(p)
+    assert [(s.tokens, s.tags) for s in sentences] == [(("EU", "rejects"), ("B-ORG", "O")), (("German",), ("B-MISC",))]
+    assert sentences[1].source == f"{p}:5"
+
+
+def test_conll_invalid_utf8_warns_with_file_and_line(tmp_path):
+    p = write(tmp_path, "ner.txt", b"EU B-ORG\n\nM\xfcller B-PER\n")
+    with pytest.warns(DataWarning, match=r"ner\.txt:3: not valid utf-8, read as cp1252$"):
+        assert read_token_examples(p)[1].tokens == ("M\u00fcller",)
+
+
+@pytest.mark.parametrize("content, require_tags, error", [
+    ("EU B-ORG\nrejects\n", False, r"x\.txt:2: no tag here, but the sentence from line 1 has tags"),
+    ("EU\nrejects O\n", False, r"x\.txt:2: a tag here, but the sentence from line 1 has none"),
+    ("EU\t \n", True, r"x\.txt:1: expected 'token tag', found an empty tag"),
+])
+def test_conll_tags_on_some_words_only(tmp_path, content, require_tags, error):
+    with pytest.raises(DataError, match=error):
+        read_token_examples(write(tmp_path, "x.txt", content), require_tags=require_tags)

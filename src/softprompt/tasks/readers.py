@@ -6,13 +6,18 @@ Every problem a user can fix raises :class:`~softprompt.errors.DataError` with o
 the file, usually the line, and the fix.
 
 Files are read as bytes and split on ``\\n`` only: ``str.splitlines`` would also break lines at
-U+0085 and friends, which legacy cp1252 files (MR, SUBJ) decode to. A line that is not valid in
-the requested encoding is decoded as cp1252 (or latin-1 when cp1252 cannot) and one
-:class:`DataWarning` per file names how many lines that happened to and the first one.
+U+0085 and friends, which legacy cp1252 files (MR, SUBJ) decode to. A byte-order mark anywhere
+(the file's start, a line's start, a line of its own where files were concatenated) is
+whitespace. A line that is not valid in the requested encoding is an error in JSON Lines (JSON
+is UTF-8 by definition, so such a file is damaged, and guessing would change its texts); in the
+other formats, where legacy corpora and spreadsheet exports are cp1252, it is decoded as cp1252
+(or latin-1 when cp1252 cannot) and one :class:`DataWarning` per file names the first such line
+as ``file:line`` and how many there are.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import random
@@ -83,6 +88,8 @@ _GLUE_TEXT_COLUMNS = (
 # fine-grained "NUM:date". Word labels ("pos") are not guessed: a line of prose starts with a word
 # too, and reading "What" as a label would be silently wrong; pass format="label-first" for those.
 _LABEL_TOKEN = re.compile(r"[+-]?\d+|__label__\S+|[A-Z]+:\S+")
+_BOM = "\ufeff"
+_UTF8_BOM = _BOM.encode("utf-8")
 _SNIFF_LINES = 200
 
 
@@ -100,7 +107,7 @@ def detect_format(path: str | Path) -> DataFormat:
     ``NUM:date``), most are followed by text and the tokens take few distinct values, and text
     otherwise (word labels such as ``pos`` are not guessed: pass format="label-first").
     """
-    p = _check_file(path)
+    p = check_file(path)
     ext = p.suffix.lower()
     if ext in (".jsonl", ".json", ".ndjson"):
         return DataFormat.JSONL
@@ -139,7 +146,7 @@ def read_examples(
     whose text is empty instead of raising (CR's ``custrev.all`` has four such lines).
     ``encoding`` must be ASCII-compatible (utf-8, cp1252, latin-1, ...).
     """
-    p = _check_file(path)
+    p = check_file(path)
     if p.stat().st_size == 0:
         raise DataError(f"{path}: no examples (the file is empty)")
     fmt = _parse_format(format) if format is not None else detect_format(p)
@@ -152,7 +159,8 @@ def read_examples(
         )
 
     opts = _Options(str(path), text_field, text_b_field, label_field, require_label, skip_empty)
-    lines = _LineReader(p, str(path), encoding)
+    # JSON is UTF-8 by definition: a line that is not is damage, not a legacy encoding to guess.
+    lines = LineReader(p, str(path), encoding, strict=fmt is DataFormat.JSONL)
     parse = {
         DataFormat.JSONL: _parse_jsonl,
         DataFormat.CSV: _parse_delimited,
@@ -245,7 +253,7 @@ def sample_k_per_class(examples: Sequence[Example], k: int, seed: int) -> list[E
 # files and lines
 
 
-def _check_file(path: str | Path) -> Path:
+def check_file(path: str | Path) -> Path:
     """Return path as a Path after checking it names a readable regular file."""
     p = Path(path)
     if not p.exists():
@@ -274,7 +282,7 @@ def _sniff_lines(p: Path) -> list[str]:
     try:
         with p.open("rb") as f:
             for raw in f:
-                line = raw.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
+                line = without_bom(raw.decode("utf-8", errors="replace")).rstrip("\r\n")
                 if line.strip():
                     out.append(line)
                     if len(out) >= _SNIFF_LINES:
@@ -301,22 +309,29 @@ def _looks_label_first(lines: list[str]) -> bool:
     return with_text * 2 >= len(lines) and len(set(heads)) <= max(10, len(heads) // 2)
 
 
-class _LineReader:
+def without_bom(line: str) -> str:
+    """The line with each byte-order mark read as whitespace: gone at the start, a space elsewhere."""
+    return line.lstrip(_BOM).replace(_BOM, " ") if _BOM in line else line
+
+
+class LineReader:
     """Iterates (line number, decoded line with its newline) over a file read in binary mode.
 
-    Decoding is per line so one stray byte costs one line, not the file; lines the requested
-    encoding rejects fall back to cp1252/latin-1 and are counted for one warning.
+    Decoding is per line so one stray byte costs one line, not the file. A line the requested
+    encoding rejects raises DataError naming file, line and byte when ``strict``; otherwise it falls
+    back to cp1252/latin-1 and is counted for one warning (:meth:`warn_fallback`).
     """
 
-    def __init__(self, p: Path, name: str, encoding: str):
+    def __init__(self, p: Path, name: str, encoding: str = "utf-8", *, strict: bool = False):
         self.name = name
         self.encoding = encoding
+        self.strict = strict
         self.fallback_lines: list[int] = []
         self.fallback_used: set[str] = set()
         self.saw_content = False  # any non-whitespace at all, for the "no examples" message
         self.header_only = False
         try:
-            "x".encode(encoding)
+            self._utf8 = codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
         except LookupError:
             raise ConfigError(f"unknown encoding {encoding!r}") from None
         try:
@@ -329,9 +344,10 @@ class _LineReader:
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
         for lineno, raw in enumerate(self._file, start=1):
-            line = self._decode(raw, lineno)
-            if lineno == 1:
-                line = line.lstrip("\ufeff")  # a BOM (Excel, Notepad) is not part of the first field
+            if self._utf8 and _UTF8_BOM in raw:
+                # As bytes, so a BOM on a line that falls back to cp1252 does not become "ï»¿".
+                raw = raw.lstrip(_UTF8_BOM).replace(_UTF8_BOM, b" ")
+            line = without_bom(self._decode(raw, lineno))
             if not self.saw_content and line.strip():
                 self.saw_content = True
             yield lineno, line
@@ -339,8 +355,13 @@ class _LineReader:
     def _decode(self, raw: bytes, lineno: int) -> str:
         try:
             return raw.decode(self.encoding)
-        except UnicodeDecodeError:
-            pass
+        except UnicodeDecodeError as exc:
+            if self.strict:
+                column = len(raw[: exc.start].decode(self.encoding, errors="replace")) + 1
+                raise DataError(
+                    f"{self.name}:{lineno}: not valid {self.encoding} (byte 0x{raw[exc.start]:02x} at column "
+                    f"{column}); save the file as {self.encoding}"
+                ) from None
         for enc in _FALLBACK_ENCODINGS:
             try:
                 text = raw.decode(enc)
@@ -352,20 +373,20 @@ class _LineReader:
         raise AssertionError("latin-1 decodes any bytes")  # pragma: no cover
 
     def warn_fallback(self) -> None:
+        """One DataWarning naming the first line that fell back (file:line) and how many did."""
         if not self.fallback_lines:
             return
         n = len(self.fallback_lines)
-        lines = "line" if n == 1 else "lines"
+        more = f" ({n} lines like this, the first here)" if n > 1 else ""
         used = " or ".join(e for e in _FALLBACK_ENCODINGS if e in self.fallback_used)
         warnings.warn(
-            f"{self.name}: {n} {lines} not valid {self.encoding} (first: line {self.fallback_lines[0]}); "
-            f"read as {used}",
+            f"{self.name}:{self.fallback_lines[0]}: not valid {self.encoding}, read as {used}{more}",
             DataWarning,
             stacklevel=3,
         )
 
 
-def _why_no_examples(lines: _LineReader) -> str:
+def _why_no_examples(lines: LineReader) -> str:
     """Return why a file that is not zero bytes gave no examples, for the DataError message."""
     if not lines.saw_content:
         return "the file is empty"
@@ -432,7 +453,20 @@ def _json_str(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _parse_jsonl(lines: _LineReader, opts: _Options, fmt: DataFormat) -> Iterator[Example]:
+# A \u escape of a UTF-16 surrogate: only a valid pair of them makes a character.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_unicode(obj: dict, where: str) -> None:
+    """DataError unless every key and value of a JSON object is valid Unicode (no lone surrogate)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{where}: a \\u escape makes half a character (a lone UTF-16 surrogate); "
+                        "fix the line's escapes") from None
+
+
+def _parse_jsonl(lines: LineReader, opts: _Options, fmt: DataFormat) -> Iterator[Example]:
     first = True
     for lineno, line in lines:
         if not line.strip():
@@ -440,17 +474,25 @@ def _parse_jsonl(lines: _LineReader, opts: _Options, fmt: DataFormat) -> Iterato
         where = f"{opts.path}:{lineno}"
         try:
             obj = json.loads(line)
+            # Nested values become JSON text, which needs the same depth again.
+            fields = {k: without_bom(_json_str(v)).strip() for k, v in obj.items() if v is not None} \
+                if isinstance(obj, dict) else {}
+            if isinstance(obj, dict) and _SURROGATE_ESCAPE.search(line):
+                _check_unicode(obj, where)
         except json.JSONDecodeError as e:
             hint = ""
             if first and line.strip() in ("[", "{"):
                 hint = "; JSON Lines needs one complete object per line (is this a pretty-printed .json file?)"
             raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}){hint}") from None
+        except RecursionError:
+            raise DataError(f"{where}: JSON nested too deeply to read") from None
+        except ValueError:  # Python refuses integers of more than 4300 digits
+            raise DataError(f"{where}: a JSON number too long to read") from None
         first = False
         if not isinstance(obj, dict):
             kind = {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(type(obj), "a number")
             raise DataError(f"{where}: expected a JSON object {{...}}, found {kind}")
-        fields = {k: _json_str(v).strip() for k, v in obj.items() if v is not None}
-        keys = ", ".join(obj) or "none"
+        keys = ", ".join(list(obj)[:10]) + (", ..." if len(obj) > 10 else "") or "none"
 
         def get(name: str, option: str, required: bool) -> str | None:
             value = obj.get(name)
@@ -461,7 +503,7 @@ def _parse_jsonl(lines: _LineReader, opts: _Options, fmt: DataFormat) -> Iterato
             if isinstance(value, (dict, list)):
                 kind = "an object" if isinstance(value, dict) else "an array"
                 raise DataError(f"{where}: field {name!r} is {kind}, expected text; set {option}")
-            return _json_str(value)
+            return without_bom(_json_str(value))
 
         text = get(opts.text_field, "text_field", True)
         text_b = get(opts.text_b_field, "text_b_field", True) if opts.text_b_field else None
@@ -477,7 +519,7 @@ def _parse_jsonl(lines: _LineReader, opts: _Options, fmt: DataFormat) -> Iterato
             yield ex
 
 
-def _csv_records(lines: _LineReader, reader_kwargs: dict, opts: _Options) -> Iterator[tuple[int, list[str]]]:
+def _csv_records(lines: LineReader, reader_kwargs: dict, opts: _Options) -> Iterator[tuple[int, list[str]]]:
     """Yield (line where the record starts, cells) for each non-blank CSV/TSV record."""
     # csv.reader takes any iterable of lines and counts them in line_num, so feeding it decoded
     # physical lines (newline kept, for embedded newlines in quoted fields) gives the start line.
@@ -505,7 +547,7 @@ def _csv_records(lines: _LineReader, reader_kwargs: dict, opts: _Options) -> Ite
         yield start, row
 
 
-def _parse_delimited(lines: _LineReader, opts: _Options, fmt: DataFormat) -> Iterator[Example]:
+def _parse_delimited(lines: LineReader, opts: _Options, fmt: DataFormat) -> Iterator[Example]:
     if fmt is DataFormat.CSV:
         kwargs: dict = {"delimiter": ","}
     elif fmt is DataFormat.TSV:
@@ -575,7 +617,7 @@ def _parse_delimited(lines: _LineReader, opts: _Options, fmt: DataFormat) -> Ite
         lines.header_only = True
 
 
-def _parse_label_first(lines: _LineReader, opts: _Options, fmt: DataFormat) -> Iterator[Example]:
+def _parse_label_first(lines: LineReader, opts: _Options, fmt: DataFormat) -> Iterator[Example]:
     for lineno, line in lines:
         body = line.rstrip("\r\n").lstrip()
         if not body.strip():
@@ -596,7 +638,7 @@ def _parse_label_first(lines: _LineReader, opts: _Options, fmt: DataFormat) -> I
             yield ex
 
 
-def _parse_text(lines: _LineReader, opts: _Options, fmt: DataFormat) -> Iterator[Example]:
+def _parse_text(lines: LineReader, opts: _Options, fmt: DataFormat) -> Iterator[Example]:
     for lineno, line in lines:
         text = line.strip()
         if text:
