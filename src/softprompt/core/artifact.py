@@ -68,7 +68,7 @@ def check_meta(meta: Any, where: str) -> dict[str, Any]:
     for section, keys in _SECTION_TYPES.items():
         if isinstance(meta.get(section), dict):
             problems += [(f"{section}.{k}", _type_problem(meta[section].get(k), kind)) for k, kind in keys.items()]
-    for name, shape in (meta.get("shapes") or {}).items():
+    for name, shape in (meta["shapes"] if isinstance(meta.get("shapes"), dict) else {}).items():
         if not (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
             problems.append((f"shapes.{name}", f"must be a list of sizes, got {_describe(shape)}"))
     key, problem = next(((k, p) for k, p in problems if p), (None, None))

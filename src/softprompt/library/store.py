@@ -6,6 +6,11 @@ os.replace) and commits the row last, so a crash at any point leaves either the 
 row at all; at worst a complete file with no row, which `check(repair=True)` removes. Version
 numbers come from a per-name counter and are never reused, so removing a version cannot race with
 a new add of the same name.
+
+The store never reaches outside its root: names are plain file names, every path read from the
+index must be the one an add writes (prompts/<name>/<version>.safetensors), and no part of it
+below the root may be a symbolic link (a link planted there could make an add write, or a
+remove or repair delete, somewhere else).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +34,16 @@ from ..errors import ArtifactError, ConfigError
 from . import index as ix
 from .vectors import summary_vector
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: "$" would let a final newline in
+_STORED = re.compile(r"prompts/([A-Za-z0-9][A-Za-z0-9._-]{0,127})/([1-9][0-9]{0,17})\.safetensors")
+
+
+def check_name(name: object) -> str:
+    """A valid library name (one path component, no '..', no separators), else ConfigError."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"library name {name!r}: use letters, digits, '.', '_' or '-' (up to 128), "
+                          "starting with a letter or digit")
+    return name
 
 
 def default_root() -> Path:
@@ -83,11 +98,13 @@ class CheckReport:
     bad_hashes: list[str] = field(default_factory=list)  # rows whose file changed on disk
     orphan_files: list[str] = field(default_factory=list)  # files without a committed row
     temp_files: list[str] = field(default_factory=list)  # leftovers of interrupted writes
+    unsafe_paths: list[str] = field(default_factory=list)  # rows or links that lead outside the store
     repaired: bool = False
 
     @property
     def ok(self) -> bool:
-        return not (self.missing_files or self.bad_hashes or self.orphan_files or self.temp_files)
+        return not (self.missing_files or self.bad_hashes or self.orphan_files or self.temp_files
+                    or self.unsafe_paths)
 
 
 def _sha256(path: Path) -> str:
@@ -129,11 +146,28 @@ class Library:
         self.index_path = self.root / "index.sqlite"
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"library {self.root}: exists and is not a directory")
+        if self.prompts_dir.is_symlink():
+            raise ConfigError(f"library {self.root}: prompts is a symbolic link; the store holds only its own files")
         self.prompts_dir.mkdir(parents=True, exist_ok=True)
         self._connect().close()  # create the schema once, early
 
     def _connect(self):
-        return ix.connect(self.index_path)
+        try:
+            return ix.connect(self.index_path)
+        except sqlite3.Error as exc:
+            raise ArtifactError(f"library {self.root}: cannot open the index {self.index_path} ({exc})") from None
+
+    def _stored_path(self, rel: str) -> Path:
+        """The file an index row names, refusing a path an add would not write or one through a link."""
+        if not _STORED.fullmatch(str(rel)):
+            raise ArtifactError(f"library {self.root}: the index names {str(rel)[:80]!r}, which is not a stored "
+                                "prompt's path; run `softprompt library check --repair`")
+        path = self.root / rel
+        for part in (self.prompts_dir, path.parent, path):
+            if part.is_symlink():
+                raise ArtifactError(f"library {self.root}: {part.relative_to(self.root)} is a symbolic link; "
+                                    "the store holds only its own files (remove the link)")
+        return path
 
     # -- writing ---------------------------------------------------------------------------------
     def add(self, source: str | Path | PromptArtifact, name: str | None = None, *, task: str | None = None,
@@ -141,10 +175,7 @@ class Library:
         """Store a copy of an artifact as the next version of name (default: the artifact's run name)."""
         artifact = source if isinstance(source, PromptArtifact) else PromptArtifact.load(source)
         meta = artifact.meta
-        name = name or meta.get("name")
-        if not name or not _NAME.match(str(name)):
-            raise ConfigError(f"library name {name!r}: use letters, digits, '.', '_' or '-' (up to 128), "
-                              "starting with a letter or digit")
+        name = check_name(name or meta.get("name"))
         task = str(task or meta.get("library", {}).get("task") or name)
         row = _row_from_artifact(artifact, {"name": name, "version": 0, "task": task, "description": description},
                                  "", "")
@@ -156,16 +187,19 @@ class Library:
                 version = (found["last"] if found else 0) + 1
                 conn.execute("INSERT OR REPLACE INTO versions VALUES (?, ?)", (name, version))
                 rel = Path("prompts") / name / f"{version}.safetensors"
+                self._stored_path(rel.as_posix())  # no link on the way: the write stays in the store
                 stored_meta = {**meta, "library": {"name": name, "version": version, "task": task,
                                                    "description": description}}
                 written = PromptArtifact(dict(artifact.tensors), stored_meta).save(self.root / rel)
                 row.update(version=version, path=rel.as_posix(), sha256=_sha256(written))
                 self._before_commit(row)
                 ix.insert(conn, row)
-        except BaseException:
+        except BaseException as exc:
             # Rolled back: take the file with it (a hard kill leaves it for check(repair=True)).
             if written is not None and written.exists():
                 written.unlink()
+            if isinstance(exc, sqlite3.Error):  # e.g. "database or disk is full"
+                raise ArtifactError(f"library {self.root}: cannot add {name!r} ({exc}); the library is unchanged") from None
             raise
         finally:
             conn.close()
@@ -186,11 +220,11 @@ class Library:
                     rows = [self._row(conn, ref)]
                 if not rows:
                     raise ArtifactError(f"library {self.root}: no prompt named {name!r}")
+                removed = [self._entry(ix.decode_row(r)) for r in rows]  # paths checked before anything goes
                 for r in rows:
                     conn.execute("DELETE FROM prompts WHERE name = ? AND version = ?", (r["name"], r["version"]))
         finally:
             conn.close()
-        removed = [self._entry(ix.decode_row(r)) for r in rows]
         # Files go after the commit: a crash here leaves an orphan file, never a row without its file.
         for entry in removed:
             entry.path.unlink(missing_ok=True)
@@ -211,7 +245,7 @@ class Library:
 
     def _entry(self, row: dict) -> LibraryEntry:
         fields = {k: row[k] for k in ix.COLUMNS if k not in ("summary_dim",)}
-        fields["path"] = self.root / row["path"]
+        fields["path"] = self._stored_path(row["path"])
         if isinstance(fields["labels"], str):
             fields["labels"] = json.loads(fields["labels"])
             fields["metrics"] = json.loads(fields["metrics"])
@@ -294,10 +328,15 @@ class Library:
         destination = Path(destination)
         if destination.is_dir():
             destination = destination / f"{entry.name}-v{entry.version}.safetensors"
-        destination.parent.mkdir(parents=True, exist_ok=True)
         tmp = destination.with_name(f".{destination.name}.tmp{os.getpid()}")
-        shutil.copyfile(entry.path, tmp)
-        os.replace(tmp, destination)
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(entry.path, tmp)
+            os.replace(tmp, destination)
+        except OSError as exc:
+            raise ArtifactError(f"{destination}: cannot export {entry.ref} ({exc.strerror or exc})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
         return destination
 
     # -- consistency -----------------------------------------------------------------------------
@@ -314,7 +353,13 @@ class Library:
                 report.entries = len(rows)
                 indexed = set()
                 for r in rows:
-                    path = self.root / r["path"]
+                    try:
+                        path = self._stored_path(r["path"])
+                    except ArtifactError:  # a row that points elsewhere: dropped on repair, never followed
+                        report.unsafe_paths.append(f"{r['name']}:{r['version']}")
+                        if repair:
+                            conn.execute("DELETE FROM prompts WHERE name = ? AND version = ?", (r["name"], r["version"]))
+                        continue
                     indexed.add(path.resolve())
                     if not path.exists():
                         report.missing_files.append(f"{r['name']}:{r['version']}")
@@ -322,7 +367,12 @@ class Library:
                             conn.execute("DELETE FROM prompts WHERE name = ? AND version = ?", (r["name"], r["version"]))
                     elif verify_hashes and _sha256(path) != r["sha256"]:
                         report.bad_hashes.append(f"{r['name']}:{r['version']}")
-                for path in sorted(self.prompts_dir.rglob("*")):
+                for path in sorted(self.prompts_dir.rglob("*")):  # does not descend into linked folders
+                    if path.is_symlink():  # repair removes the link itself, never what it points to
+                        report.unsafe_paths.append(str(path.relative_to(self.root)))
+                        if repair:
+                            path.unlink()
+                        continue
                     if not path.is_file():
                         continue
                     if path.name.startswith("."):
@@ -345,17 +395,17 @@ class Library:
         try:
             with ix.transaction(conn):
                 conn.execute("DELETE FROM prompts")
-                for path in sorted(self.prompts_dir.glob("*/*.safetensors")):
-                    if path.name.startswith("."):
-                        continue
+                for path in self._stored_files():
+                    rel = path.relative_to(self.root).as_posix()
                     try:
                         artifact = PromptArtifact.load(path)
                     except ArtifactError:
                         continue
-                    info = artifact.meta.get("library", {})
-                    if not info.get("name") or not info.get("version"):
+                    info = artifact.meta.get("library") or {}
+                    # Only a file at the path its own record names: prompts/<name>/<version>.safetensors.
+                    if rel != f"prompts/{info.get('name')}/{info.get('version')}.safetensors":
                         continue
-                    entry_row = _row_from_artifact(artifact, info, path.relative_to(self.root).as_posix(), _sha256(path))
+                    entry_row = _row_from_artifact(artifact, info, rel, _sha256(path))
                     ix.insert(conn, entry_row)
                     conn.execute("INSERT INTO versions VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
                                  "last = MAX(last, excluded.last)", (info["name"], info["version"]))
@@ -363,6 +413,16 @@ class Library:
         finally:
             conn.close()
         return count
+
+    def _stored_files(self) -> list[Path]:
+        """Every file at a stored prompt's path, through no symbolic link."""
+        found = []
+        for folder in sorted(self.prompts_dir.iterdir()):
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            found += [p for p in sorted(folder.glob("*.safetensors"))
+                      if not p.is_symlink() and _STORED.fullmatch(p.relative_to(self.root).as_posix())]
+        return found
 
     def __len__(self) -> int:
         conn = self._connect()
