@@ -1,10 +1,12 @@
-"""Generation invariant: cached step-by-step decoding equals the full forward of the same sequence,
-with input and deep prompts mixed per row, on every decoder family."""
+"""Generation invariant: decoding step by step with the engine's caches (slots for causal LMs,
+transformers' cache for encoder-decoders) equals the full forward of the same sequence, with input
+and deep prompts mixed per row, on every decoder family."""
 
 import pytest
 import torch
 
 from softprompt.core import PromptedModel, PromptTensors, virtual
+from softprompt.engine import SamplingParams, generate_rows
 from softprompt.models import ModelKind
 from tiny import CAUSAL, SEQ2SEQ, tiny_base
 
@@ -24,58 +26,51 @@ def _prompts(pm):
     }
 
 
-@pytest.mark.parametrize("family", CAUSAL + SEQ2SEQ)
-def test_cached_greedy_decoding_equals_the_full_forward(family):
-    pm = PromptedModel(tiny_base(family))
-    prompts = _prompts(pm)
-    texts = ["a warm and funny film", "boring", "the plot is dull and the acting is terrible", "great"]
-    keys = ["input", "deep", "both", None]
-    counts = {"input": 3, "deep": 0, "both": 2, None: 0}
+COUNTS = {"input": 3, "deep": 0, "both": 2, None: 0}
+
+
+def _rows(pm, texts, keys):
     tok = pm.base.tokenizer
-    rows = [[virtual(k) for k in range(counts[key])] + tok(t).input_ids for t, key in zip(texts, keys)]
-    batch = pm.collate(rows, keys, padding_side="left")
-    new, step_logits = pm.generate(batch, prompts, max_new_tokens=5)
-    assert new.shape == (4, 5)
-    with torch.no_grad():
-        for i in range(len(rows)):
-            if pm.info.kind is ModelKind.CAUSAL:
-                full_row = rows[i] + new[i].tolist()
-                full = pm.collate([full_row], [keys[i]], padding_side="right")
-                hidden = pm.encode(full, prompts)
-                n = len(rows[i])
-                logits = pm.lm_logits(hidden[0, n - 1 : n + 4])
-            else:
-                single = pm.collate([rows[i]], [keys[i]], padding_side="right")
-                hidden = pm.encode(single, prompts)
-                dec = torch.tensor([[pm.decoder_start_id()] + new[i, :4].tolist()])
-                logits = pm.decoder_logits(hidden, single.attention_mask, dec, rows=torch.tensor([0]))[0]
-            torch.testing.assert_close(step_logits[i], logits.float(), atol=1e-5, rtol=0)
-            assert torch.equal(logits.argmax(-1), new[i])
+    return [[virtual(k) for k in range(COUNTS[key])] + tok(t).input_ids for t, key in zip(texts, keys)]
 
 
-def _sequence_logprob(pm, prompts, row, key, new):
-    """Summed log-probability of new tokens after row, by one full forward."""
+def _full_logits(pm, prompts, row, key, new):
+    """Next-token logits after row + new[:j] for every j, by one full forward (no cache)."""
     with torch.no_grad():
         if pm.info.kind is ModelKind.CAUSAL:
             full = pm.collate([row + new], [key], padding_side="right")
             hidden = pm.encode(full, prompts)
             n = len(row)
-            logits = pm.lm_logits(hidden[0, n - 1 : n - 1 + len(new)])
-        else:
-            single = pm.collate([row], [key], padding_side="right")
-            hidden = pm.encode(single, prompts)
-            dec = torch.tensor([[pm.decoder_start_id()] + new[:-1]])
-            logits = pm.decoder_logits(hidden, single.attention_mask, dec, rows=torch.tensor([0]))[0]
-    logp = torch.log_softmax(logits.float(), -1)
+            return pm.lm_logits(hidden[0, n - 1 : n - 1 + len(new)]).float()
+        single = pm.collate([row], [key], padding_side="right")
+        hidden = pm.encode(single, prompts)
+        dec = torch.tensor([[pm.decoder_start_id()] + new[:-1]])
+        return pm.decoder_logits(hidden, single.attention_mask, dec, rows=torch.tensor([0]))[0].float()
+
+
+@pytest.mark.parametrize("family", CAUSAL + SEQ2SEQ)
+def test_cached_greedy_decoding_equals_the_full_forward(family):
+    pm = PromptedModel(tiny_base(family))
+    prompts = _prompts(pm)
+    keys = ["input", "deep", "both", None]
+    rows = _rows(pm, ["a warm and funny film", "boring", "the plot is dull and the acting is terrible", "great"], keys)
+    params = SamplingParams(max_new_tokens=5, ignore_eos=True, return_logits=True)
+    results = generate_rows(pm, rows, keys, prompts, params)
+    for row, key, result in zip(rows, keys, results):
+        assert len(result.token_ids) == 5 and result.finish_reason == "length"
+        full = _full_logits(pm, prompts, row, key, result.token_ids)
+        torch.testing.assert_close(result.logits, full, atol=1e-5, rtol=0)
+        assert full.argmax(-1).tolist() == result.token_ids
+
+
+def _sequence_logprob(pm, prompts, row, key, new):
+    logp = torch.log_softmax(_full_logits(pm, prompts, row, key, new), -1)
     return float(logp[torch.arange(len(new)), torch.tensor(new)].sum())
 
 
 def _mixed_rows(pm):
-    texts = ["a warm and funny film", "boring", "the plot is dull and the acting is terrible"]
     keys = ["input", "deep", "both"]
-    counts = {"input": 3, "deep": 0, "both": 2}
-    tok = pm.base.tokenizer
-    return [[virtual(k) for k in range(counts[key])] + tok(t).input_ids for t, key in zip(texts, keys)], keys
+    return _rows(pm, ["a warm and funny film", "boring", "the plot is dull and the acting is terrible"], keys), keys
 
 
 @pytest.mark.parametrize("family", CAUSAL + SEQ2SEQ)
@@ -83,15 +78,15 @@ def test_beam_search_one_beam_is_greedy_and_scores_match_the_full_forward(family
     pm = PromptedModel(tiny_base(family))
     prompts = _prompts(pm)
     rows, keys = _mixed_rows(pm)
-    batch = pm.collate(rows, keys, padding_side="left")
-    greedy, _ = pm.generate(batch, prompts, max_new_tokens=4)
-    one = pm.beam_search(batch, prompts, max_new_tokens=4, num_beams=1)
-    assert [tokens for tokens, _ in one] == greedy.tolist()
-    # with several beams the cache, masks and prefixes are reordered between steps; the reported
-    # score of each row's best sequence must still be its true log-probability
-    for (tokens, score), row, key in zip(pm.beam_search(batch, prompts, max_new_tokens=4, num_beams=3), rows, keys):
-        assert len(tokens) == 4
-        assert abs(score - _sequence_logprob(pm, prompts, row, key, tokens)) < 1e-4
+    greedy = generate_rows(pm, rows, keys, prompts, SamplingParams(max_new_tokens=4, ignore_eos=True))
+    one = generate_rows(pm, rows, keys, prompts, SamplingParams(max_new_tokens=4, num_beams=1, ignore_eos=True))
+    assert [r.token_ids for r in one] == [r.token_ids for r in greedy]
+    # with several beams the slots (or cache), masks and prefixes are reordered between steps; the
+    # reported score of each row's best sequence must still be its true log-probability
+    beams = generate_rows(pm, rows, keys, prompts, SamplingParams(max_new_tokens=4, num_beams=3, ignore_eos=True))
+    for result, row, key in zip(beams, rows, keys):
+        assert len(result.token_ids) == 4
+        assert abs(result.score - _sequence_logprob(pm, prompts, row, key, result.token_ids)) < 1e-4
 
 
 @pytest.mark.parametrize("family", ["llama", "t5"])
@@ -99,14 +94,14 @@ def test_beam_search_with_a_beam_per_word_finds_the_best_two_token_continuation(
     pm = PromptedModel(tiny_base(family))
     prompts = _prompts(pm)
     rows, keys = _mixed_rows(pm)
-    batch = pm.collate(rows, keys, padding_side="left")
     vocab = pm.base.model.get_output_embeddings().weight.shape[0]
-    found = pm.beam_search(batch, prompts, max_new_tokens=2, num_beams=vocab)
-    for (tokens, score), row, key in zip(found, rows, keys):
-        first = torch.log_softmax(pm.generate(pm.collate([row], [key]), prompts, 1)[1][0, 0], -1)
+    found = generate_rows(pm, rows, keys, prompts, SamplingParams(max_new_tokens=2, num_beams=vocab, ignore_eos=True),
+                          max_running=3 * vocab, max_batch_rows=3 * vocab)
+    for result, row, key in zip(found, rows, keys):
+        first = torch.log_softmax(_full_logits(pm, prompts, row, key, [0])[0], -1)
         best = max(
             (float(first[a]) + _sequence_logprob(pm, prompts, row + [a], key, [b]) if pm.info.kind is ModelKind.CAUSAL
              else _sequence_logprob(pm, prompts, row, key, [a, b]), (a, b))
             for a in first.topk(3).indices.tolist() for b in range(vocab)
         )
-        assert score >= best[0] - 1e-4
+        assert result.score >= best[0] - 1e-4

@@ -10,10 +10,11 @@ ROOT = Path(softprompt.__file__).parent
 LEVEL = {
     "cli": 0, "serve": 0,
     "api": 1,
-    "training": 2, "search": 2, "transfer": 2, "sweep": 2, "examples": 2,
+    "training": 2, "search": 2, "transfer": 2, "sweep": 2, "examples": 2, "interop": 2,
     "tasks": 3,
     "methods": 4,
     "library": 5,
+    "engine": 5.5,
     "core": 6,
     "templates": 7,
     "models": 8,

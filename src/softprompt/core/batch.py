@@ -58,8 +58,10 @@ def collate(
     row_keys: Sequence[str | None],
     pad_id: int,
     padding_side: str = "right",
+    offsets: Sequence[int] | None = None,
 ) -> PromptBatch:
-    """Pad rows to the longest one (not to a fixed length) and index their prompts."""
+    """Pad rows to the longest one (not to a fixed length) and index their prompts; offsets[i] is
+    where row i's positions start (a row continuing after compiled or cached entries)."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     if len(rows) != len(row_keys):
@@ -88,6 +90,8 @@ def collate(
                 keys.append(key)
             row_prompt[i] = keys.index(key)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0) * mask
+    if offsets is not None:
+        positions = positions + torch.tensor(list(offsets), dtype=torch.long)[:, None] * mask
     lengths = mask.sum(dim=1)
     if padding_side == "right":
         first = torch.zeros(batch, dtype=torch.long)

@@ -1,4 +1,4 @@
-"""Run items of one or many tasks through one frozen model in shared batches."""
+"""Run items of one or many tasks through one frozen model in shared batches (inference through the engine)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from ..core import PromptedModel
+from ..engine import Engine, EnginePrompt, SamplingParams
+from ..models import ModelKind
 
 
 class TaskPrompt(nn.Module):
@@ -104,11 +106,56 @@ def export_unit(unit: TaskPrompt) -> dict[str, torch.Tensor]:
     return tensors
 
 
-@torch.no_grad()
+def reads_row_end(task) -> bool:
+    """Whether a task reads a causal row only at its end (verbalizer words, last-token pooling,
+    generation): then a compiled start of the row, which yields no hidden states, loses nothing."""
+    info = getattr(task, "info", None)
+    if info is None or info.kind is not ModelKind.CAUSAL:
+        return False
+    if task.kind == "generation":
+        return True
+    if task.kind != "classification":
+        return False
+    return task.head_kind.value == "verbalizer" or task.config.pooling.value in ("auto", "last")
+
+
+_PROBES = ("x", "Z 9", "\n. ?")  # different first characters: the rows agree only on the template's start
+
+
+def fixed_start(task) -> tuple[int, ...] | None:
+    """The tokens every row of a task begins with (specials, virtual tokens, the template up to its
+    first field), for compiling; None when the task cannot use it. Rows are checked one by one
+    against it, so a template whose text merges with the input's first characters only loses speed."""
+    renderer = getattr(task, "renderer", None)
+    if renderer is None or not reads_row_end(task):
+        return None
+    fields = task.template.fields
+    rendered = [renderer.render({name: probe for name in fields}, task.n_prefix).ids for probe in _PROBES]
+    common = 0
+    while all(len(r) > common for r in rendered) and len({r[common] for r in rendered}) == 1:
+        common += 1
+    return tuple(rendered[0][:common])
+
+
+def register_units(engine: Engine, units: Mapping[str, TaskPrompt]) -> dict[str, EnginePrompt]:
+    """Load task prompts into an engine under their keys (their current tensors, computed without gradients)."""
+    entries = {}
+    with torch.no_grad():
+        for key, unit in units.items():
+            tensors = unit.method.prompt_tensors() if unit.method is not None else None
+            entries[key] = engine.add_prompt(key, tensors, unit.task, fixed_start=fixed_start(unit.task),
+                                             eos_id=getattr(unit.task, "eos_id", None))
+    return entries
+
+
 def predict_logits(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared: Sequence[Prepared],
                    batch_size: int = 32, padding_side: str = "left", progress=None) -> list[torch.Tensor]:
-    """Class logits for many items, batched by length (padding only to each batch's longest row)."""
+    """Class logits for many items through the engine, in passes of items of similar length.
+
+    padding_side is kept for callers; the engine pads as the model family needs (outputs do not
+    depend on it)."""
     order = sorted(range(len(prepared)), key=lambda i: max(len(r) for r in prepared[i].item.rows))
+    per_item = max((len(p.item.rows) for p in prepared), default=1)
     out: list[torch.Tensor | None] = [None] * len(prepared)
     bar = None
     if progress is False:
@@ -118,59 +165,42 @@ def predict_logits(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared:
 
         bar = tqdm(total=len(prepared), desc="evaluate", unit="ex", leave=False, disable=None)
         progress = bar.update
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        logits = class_logits(pm, units, [prepared[i] for i in chunk], padding_side)
-        for i, value in zip(chunk, logits):
-            out[i] = value.float().cpu()
-        if progress is not None:
-            progress(len(chunk))
-    if bar is not None:
-        bar.close()
+    try:
+        with Engine(pm, max_batch_rows=batch_size * per_item) as engine:
+            entries = register_units(engine, units)
+            futures = [(i, engine.submit_score(entries[prepared[i].key], prepared[i].item)) for i in order]
+            for i, future in futures:
+                out[i] = future.result()
+                if progress is not None:
+                    progress(1)
+    finally:
+        if bar is not None:
+            bar.close()
     return out
 
 
-@torch.no_grad()
+def sampling_of(task) -> SamplingParams:
+    """A generation task's decoding settings as engine sampling parameters."""
+    config = task.config
+    return SamplingParams(max_new_tokens=config.max_new_tokens, num_beams=config.num_beams,
+                          length_penalty=config.length_penalty)
+
+
 def generate_texts(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared: Sequence[Prepared],
                    batch_size: int = 16) -> list[str]:
     """Output text for generation items that may belong to different tasks (and methods), decoded
-    together (greedy, or beam search for tasks that ask for it): each row keeps its own prompt,
-    stop token and token budget."""
+    together through the engine (greedy, or beam search for tasks that ask for it): each row keeps
+    its own prompt, stop token and token budget."""
     from tqdm.auto import tqdm
 
-    def decoding(i):  # rows decoded alike share batches: greedy rows together, each beam setting together
-        config = units[prepared[i].key].task.config
-        return (config.num_beams, config.length_penalty if config.num_beams > 1 else 0.0)
-
-    order = sorted(range(len(prepared)), key=lambda i: (decoding(i), len(prepared[i].item.prefix)))
-    chunks: list[list[int]] = []
-    for i in order:
-        if chunks and len(chunks[-1]) < batch_size and decoding(chunks[-1][0]) == decoding(i):
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
+    beams = max((units[p.key].task.config.num_beams for p in prepared), default=1)
+    order = sorted(range(len(prepared)), key=lambda i: len(prepared[i].item.prefix))
     texts: list[str] = [""] * len(prepared)
-    for indices in tqdm(chunks, desc="generate", unit="batch", leave=False, disable=None if len(chunks) > 1 else True):
-        chunk = [prepared[i] for i in indices]
-        tasks = [units[p.key].task for p in chunk]
-        prompts: dict = {}
-        for key in dict.fromkeys(p.key for p in chunk):
-            prompts.update(units[key].input_prompts(key))
-        batch = pm.collate([list(p.item.prefix) for p in chunk], [p.key if p.key in prompts else None for p in chunk],
-                           padding_side="left")
-        stops = {t.eos_id for t in tasks}
-        longest = max(t.config.max_new_tokens for t in tasks)
-        # One shared stop id ends the loop early once every row has produced it; otherwise run to the budget.
-        stop_id = next(iter(stops)) if len(stops) == 1 else None
-        if tasks[0].config.num_beams > 1:
-            found = pm.beam_search(batch, prompts, longest, tasks[0].config.num_beams, stop_id,
-                                   tasks[0].config.length_penalty)
-            rows = [tokens for tokens, _ in found]
-        else:
-            rows = pm.generate(batch, prompts, longest, stop_id)[0].tolist()
-        for i, task, row in zip(indices, tasks, rows):
-            row = row[: task.config.max_new_tokens]
-            if task.eos_id in row:
-                row = row[: row.index(task.eos_id)]
-            texts[i] = task.tokenizer.decode(row, skip_special_tokens=True).strip()
+    with Engine(pm, max_batch_rows=batch_size * beams, max_running=batch_size * beams) as engine:
+        entries = register_units(engine, units)
+        handles = [(i, engine.submit_generate(entries[prepared[i].key], prepared[i].item.prefix,
+                                              sampling_of(units[prepared[i].key].task))) for i in order]
+        for i, handle in tqdm(handles, desc="generate", unit="ex", leave=False,
+                              disable=None if len(handles) > batch_size else True):
+            texts[i] = handle.result().text.strip()
     return texts
