@@ -22,6 +22,7 @@ def validate_deep_config(config) -> None:
 
     coerce_enum(config, "init", DeepInit, "method")
     check_whole(config, "prefix_length", 1, 1024, "method")
+    check_whole(config, "position_shift", 0, 1 << 16, "method")
 
 
 def deep_stacks(base, cross_attention: bool = False) -> list[str]:

@@ -31,6 +31,7 @@ class PrefixTuningConfig:
     init: DeepInit = DeepInit.WORDS  # words | random
     init_text: str | None = None  # for init='words' (default: the label words)
     cross_attention: bool = False
+    position_shift: int = 0  # real tokens start at this position (PEFT's prefix tuning: prefix_length); 0 = none
     seed: int = 0
 
     def __post_init__(self):
@@ -75,7 +76,7 @@ class PrefixTuning(nn.Module):
             delta = self.mlps[stack](self.embedding)  # (P, layers * 2 * heads * dim)
             delta = delta.view(length, layers, two, heads, dim).permute(1, 2, 3, 0, 4)
             deep[stack] = getattr(self, f"start_{stack}") + delta
-        return PromptTensors(deep=deep)
+        return PromptTensors(deep=deep, position_shift=self.config.position_shift)
 
     def export(self) -> dict[str, torch.Tensor]:
         with torch.no_grad():

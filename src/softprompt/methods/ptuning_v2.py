@@ -24,6 +24,7 @@ class PTuningV2Config:
     init_text: str | None = None  # for init='words' (default: the label words)
     cross_attention: bool = False  # encoder-decoders: also prefix the decoder's cross-attention
     dropout: float = 0.0  # dropout on the prefixes while training (the reference code uses the model's 0.1)
+    position_shift: int = 0  # real tokens start at this position (PEFT's prefix tuning: prefix_length); 0 = none
     seed: int = 0
 
     def __post_init__(self):
@@ -65,9 +66,10 @@ class PTuningV2(nn.Module):
         return cls(config, initial_prefixes(config, base, label_words))
 
     def prompt_tensors(self) -> PromptTensors:
+        shift = self.config.position_shift
         if self.training and self.dropout.p > 0:
-            return PromptTensors(deep={stack: self.dropout(p) for stack, p in self.prefixes.items()})
-        return PromptTensors(deep=dict(self.prefixes.items()))
+            return PromptTensors(deep={stack: self.dropout(p) for stack, p in self.prefixes.items()}, position_shift=shift)
+        return PromptTensors(deep=dict(self.prefixes.items()), position_shift=shift)
 
     def export(self) -> dict[str, torch.Tensor]:
         return {f"deep.{stack}": p.detach().to("cpu", torch.float32).clone() for stack, p in self.prefixes.items()}
