@@ -170,6 +170,37 @@ def test_a_shifted_prompt_keeps_its_positions_in_a_mixed_batch(tmp_path):
     assert not torch.allclose(mixed[3], last_logits([rows[3]], [None])[0], atol=1e-3)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", ["prefix", "prompt_tuning"])
+def test_generation_with_an_imported_prompt_follows_peft_positions(family, name, tmp_path):
+    """Greedy decoding in the engine (plain, and from a compiled start) gives at every step the logits
+    PEFT's forward gives over the same sequence. (PEFT's own generate() is not the reference: with
+    peft 0.21 and transformers 5 it drifts from PEFT's forward after the first step.)"""
+    from softprompt.engine import Engine, SamplingParams
+
+    reference = _peft_model(family, name)
+    reference.save_pretrained(tmp_path / "adapter")
+    base = tiny_base(family)
+    unit = load_prompt(import_peft(tmp_path / "adapter", base), base, key="p").unit
+    n = unit.method.num_virtual_tokens
+    ids = base.tokenizer(TEXTS[0]).input_ids
+    row = [virtual(k) for k in range(n)] + ids
+    for fixed_start in (None, row[: n + 2]):
+        engine = Engine(base)
+        try:
+            engine.add_prompt("p", unit.input_prompts()["p"], fixed_start=fixed_start)
+            params = SamplingParams(max_new_tokens=5, ignore_eos=True, return_logits=True)
+            result = engine.submit_generate("p", row, params).result(timeout=120)
+        finally:
+            engine.close()
+        sequence = ids + result.token_ids[:-1]
+        with torch.no_grad():
+            want = reference(input_ids=torch.tensor([sequence]),
+                             attention_mask=torch.ones(1, len(sequence), dtype=torch.long)).logits[0, n + len(ids) - 1:]
+        torch.testing.assert_close(result.logits.cpu().float(), want, atol=ATOL, rtol=0)
+        assert result.token_ids == want.argmax(-1).tolist()
+
+
 def _native_artifact(base, method, tensors, section):
     """An artifact as training here writes one (its prefixes take no positions)."""
     return PromptArtifact(tensors, {
