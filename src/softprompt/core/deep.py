@@ -68,6 +68,11 @@ class AttentionState:
     capture: dict | None = field(default=None)  # filled: stack -> layer -> (keys, values) of this pass's own tokens
 
 
+# The forward argument that carries a decoding step's slots: transformers passes extra forward
+# arguments down to the attention function, and an argument (unlike a context variable) can be traced
+# by torch.compile.
+SLOTS_ARGUMENT = "softprompt_slots"
+
 _STATE: ContextVar[AttentionState | None] = ContextVar("softprompt_attention_state", default=None)
 
 
@@ -133,9 +138,16 @@ def _tag_attention_modules(model: nn.Module, encoder: nn.Module | None, causal: 
         module._softprompt_layer = index if index is not None else counters.get(stack, 0)
         module._softprompt_original = _original_attention(module, original)
         module._softprompt_eager = original == "eager"
+        module._softprompt_plain_sdpa = _is_plain_sdpa(module._softprompt_original)
         counters[stack] = counters.get(stack, 0) + 1
         found.append(module)
     return found
+
+
+def _is_plain_sdpa(function) -> bool:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return function is sdpa_attention_forward
 
 
 def _original_attention(module: nn.Module, name: str):
@@ -174,10 +186,18 @@ def _additive(mask: torch.Tensor, dtype) -> torch.Tensor:
 
 def softprompt_attention(module, query, key, value, attention_mask, *args, **kwargs):
     """AttentionInterface entry: prepend this row's prefixes (or its decoding cache), then run the original."""
+    stack = getattr(module, "_softprompt_stack", None)
+    if stack is None:  # a module we never tagged (another model sharing the config object): plain sdpa
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        kwargs.pop(SLOTS_ARGUMENT, None)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
+    slots = kwargs.pop(SLOTS_ARGUMENT, None)  # decoding steps pass their slots as an argument (traceable)
+    if slots is not None and stack == "decoder":
+        return _slot_attention(module, slots, module._softprompt_layer, query, key, value, *args, **kwargs)
     original = module._softprompt_original
     state = _STATE.get()
-    stack = getattr(module, "_softprompt_stack", None)
-    if state is None or stack is None:
+    if state is None:
         return original(module, query, key, value, attention_mask, *args, **kwargs)
     layer = module._softprompt_layer
     if state.capture is not None:
@@ -209,6 +229,10 @@ def softprompt_attention(module, query, key, value, attention_mask, *args, **kwa
     return original(module, query, key, value, mask, *args, **kwargs)
 
 
+_PLAIN_SDPA_KWARGS = {"dropout", "scaling", "is_causal", "position_ids", "cache_position", "use_cache",
+                      "output_attentions", "past_key_values", "cache", "position_embeddings"}
+
+
 def _slot_attention(module, slots: SlotView, layer: int, query, key, value, *args, **kwargs):
     """One decoding step: write each row's new key/value into its slot, attend to the slot's valid entries."""
     keys, values = slots.keys[layer], slots.values[layer]
@@ -217,25 +241,20 @@ def _slot_attention(module, slots: SlotView, layer: int, query, key, value, *arg
     values[slots.rows, :, slots.write_at] = value[:, :, 0].to(values.dtype)
     width = slots.valid.shape[1]
     batch = key.shape[0]
+    keys, values = keys[:batch, :, :width], values[:batch, :, :width]
     mask = slots.valid[:, None, None, :]
+    if module._softprompt_plain_sdpa and set(kwargs) <= _PLAIN_SDPA_KWARGS and not args:
+        # transformers' sdpa with nothing family-specific: one query a row, so the query heads that
+        # share a key/value head go where query positions go, and keys/values are never repeated
+        heads, groups = keys.shape[1], query.shape[1] // keys.shape[1]
+        packed = query.reshape(batch, heads, groups, query.shape[-1])
+        out = torch.nn.functional.scaled_dot_product_attention(
+            packed, keys, values, attn_mask=mask, scale=kwargs.get("scaling"))
+        return out.reshape(batch, heads * groups, 1, -1).transpose(1, 2), None
     if module._softprompt_eager:
         mask = _additive(mask, query.dtype)
     kwargs["is_causal"] = False
-    return module._softprompt_original(module, query, keys[:batch, :, :width], values[:batch, :, :width], mask,
-                                       *args, **kwargs)
-
-
-def _mask_for(original):
-    """The model-level mask builder for our implementation: the original's, skipped during slot
-    decoding, where attention builds the mask itself from the slots (and so needs nothing from the host)."""
-
-    def build(*args, **kwargs):
-        state = _STATE.get()
-        if state is not None and state.slots is not None:
-            return None
-        return original(*args, **kwargs)
-
-    return build
+    return module._softprompt_original(module, query, keys, values, mask, *args, **kwargs)
 
 
 _REGISTER_LOCK = threading.Lock()
@@ -254,7 +273,7 @@ def _register() -> None:
         masks = {"sdpa": sdpa_mask, "eager": eager_mask}
         for original, name in IMPLEMENTATIONS.items():
             AttentionInterface.register(name, softprompt_attention)
-            AttentionMaskInterface.register(name, _mask_for(masks[original]))
+            AttentionMaskInterface.register(name, masks[original])
         _REGISTERED = True
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import ModelError
 from ..models import BaseModel, ModelKind
 from .batch import PromptBatch, collate
-from .deep import (AttentionState, DeepBatch, DeepPromptSupport, SlotView, attention_state,
+from .deep import (SLOTS_ARGUMENT, AttentionState, DeepBatch, DeepPromptSupport, SlotView, attention_state,
                    carry_state_into_checkpoints, support_for)
 
 
@@ -59,7 +59,7 @@ class PromptedModel(nn.Module):
         """Batch rows, falling back to right padding for families whose positions ignore padding;
         offsets[i]: where row i's positions start (after compiled entries)."""
         side = padding_side if self.info.honours_left_padding else "right"
-        pad_id = self.base.tokenizer.pad_token_id
+        pad_id = getattr(self.base.tokenizer, "pad_token_id", None)
         return collate(rows, row_keys, pad_id if pad_id is not None else 0, side, offsets).to(self.base.device)
 
     def embed(self, batch: PromptBatch, prompts: Mapping[str, PromptLike]) -> torch.Tensor:
@@ -124,10 +124,11 @@ class PromptedModel(nn.Module):
         if not any(per_row):
             return None
         support = self.deep_support()
-        device = self.base.device
+        device, dtype = self.base.device, self.base.dtype
         kv, valid = {}, {}
         for stack in support.stacks:
-            tensors = [p.get(stack) if p else None for p in per_row]
+            # one device and dtype for the batch (compiled prefixes are the model's, prompts float32)
+            tensors = [p[stack].to(device=device, dtype=dtype) if p and stack in p else None for p in per_row]
             present = [t for t in tensors if t is not None]
             if not present:
                 continue
@@ -243,11 +244,13 @@ class PromptedModel(nn.Module):
     def slot_step(self, tokens: torch.Tensor, positions: torch.Tensor, slots: SlotView) -> torch.Tensor:
         """One decoding step of a causal LM whose rows keep their keys/values in slots: the next-token
         logits (B, V) after each row's token (B,) at its position (B,), its new key/value written to its slot."""
-        kwargs = {"input_ids": tokens[:, None], "attention_mask": None, "use_cache": False}
+        # a 2-D mask of ones (the real mask comes from the slots): with none, transformers would look
+        # for packed sequences in the position ids, reading them back to the host every step
+        ones = torch.ones(tokens.shape[0], 1, dtype=torch.long, device=tokens.device)
+        kwargs = {"input_ids": tokens[:, None], "attention_mask": ones, "use_cache": False, SLOTS_ARGUMENT: slots}
         if self.info.position_ids == "absolute":
             kwargs["position_ids"] = positions[:, None] + self.info.position_offset
-        with attention_state(AttentionState(slots=slots)):
-            out = self.model.base_model(**kwargs)
+        out = self.model.base_model(**kwargs)
         return self.lm_logits(out.last_hidden_state[:, -1])
 
     def decoder_start_id(self) -> int:

@@ -42,7 +42,7 @@ def _round_up(n: int, step: int) -> int:
 class SlotDecoder:
     """Running rows of a causal LM, one slot each, decoded together one token a step."""
 
-    def __init__(self, pm: PromptedModel, cuda_graphs: bool | None = None):
+    def __init__(self, pm: PromptedModel, cuda_graphs: bool | None = None, compile: bool | None = None):
         info = pm.info
         self.pm = pm
         self.device, self.dtype = pm.base.device, pm.base.dtype
@@ -55,6 +55,7 @@ class SlotDecoder:
         self.lengths: list[int] = []  # entries written per slot
         self.positions: list[int] = []  # position of each slot's next token
         self.graphs_enabled = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
+        self.compile_enabled = self.graphs_enabled if compile is None else bool(compile) and self.graphs_enabled
         self._graphs: dict[int, tuple] = {}
         pm.deep_support()
 
@@ -109,18 +110,19 @@ class SlotDecoder:
         if self.graphs_enabled:
             logits = self._graph_step(count, tokens)
         else:
-            write_at = torch.tensor(self.lengths, device=self.device)
+            tokens, positions, write_at = torch.tensor([tokens, self.positions, self.lengths]).to(self.device)
             valid = torch.arange(width, device=self.device)[None, :] <= write_at[:, None]
             view = SlotView(self.keys, self.values, write_at, valid, torch.arange(count, device=self.device))
-            logits = self.pm.slot_step(torch.tensor(tokens, device=self.device),
-                                       torch.tensor(self.positions, device=self.device), view)
+            logits = self.pm.slot_step(tokens, positions, view)
         self.lengths = [n + 1 for n in self.lengths]
         self.positions = [p + 1 for p in self.positions]
         return logits
 
     def _graph_step(self, count: int, tokens: list[int]) -> torch.Tensor:
         """A step replayed from a CUDA graph captured for the next power-of-two batch size; slots past
-        count are scratch (free slots) that the graph writes and nobody reads."""
+        count are scratch (free slots) that the graph writes and nobody reads. With compile, the step
+        is first compiled by torch.compile (inductor fuses the many small kernels of a decoding step),
+        then captured."""
         bucket = 1 << (count - 1).bit_length()
         self._ensure(bucket, 1)
         graph = self._graphs.get(bucket)
@@ -136,17 +138,28 @@ class SlotDecoder:
             }
         else:
             graph, statics, out = graph
-        pad = bucket - count
-        statics["tokens"].copy_(torch.tensor(tokens + [0] * pad))
-        statics["positions"].copy_(torch.tensor(self.positions + [0] * pad))
-        statics["write_at"].copy_(torch.tensor(self.lengths + [0] * pad))
+        pad = [0] * (bucket - count)
+        inputs = torch.tensor([tokens + pad, self.positions + pad, self.lengths + pad]).to(self.device, non_blocking=True)
+        statics["tokens"].copy_(inputs[0])
+        statics["positions"].copy_(inputs[1])
+        statics["write_at"].copy_(inputs[2])
 
-        def run():
+        def eager():
             valid = statics["span"][None, :] <= statics["write_at"][:, None]
             view = SlotView(self.keys, self.values, statics["write_at"], valid, statics["rows"])
             return self.pm.slot_step(statics["tokens"], statics["positions"], view)
 
         if fresh:
+            run = eager
+            if self.compile_enabled:
+                try:  # compiled at its first call, here, outside the capture
+                    run = torch.compile(eager, dynamic=False)
+                    run()
+                except Exception as exc:
+                    warnings.warn(f"torch.compile of the decoding step failed ({type(exc).__name__}: {exc}); "
+                                  "decoding without it", RuntimeWarning, stacklevel=2)
+                    self.compile_enabled = False
+                    run = eager
             try:
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
@@ -162,7 +175,7 @@ class SlotDecoder:
                               RuntimeWarning, stacklevel=2)
                 self.graphs_enabled = False
                 self._graphs.clear()
-                return run()[:count]
+                return eager()[:count]
         graph.replay()
         return out[:count]
 

@@ -150,6 +150,7 @@ class _Generation:
         self.finished: str | None = None
         self.emitted = 0
         self.watch_text = bool(p.stop) or request.handle._queue is not None or request.handle._on_delta is not None
+        self.plain_greedy = not p.sampling and p.repetition_penalty == 1.0 and not p.return_logits
 
     def accept(self, token: int) -> None:
         """Take this step's token (greedy or sampled rows)."""
@@ -165,8 +166,10 @@ class _Generation:
         if self.finished is None and len(self.tokens) >= self.params.max_new_tokens:
             self.finished = "length"
 
-    def _text(self) -> str:
-        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+    def _text(self, tokens=None) -> str:
+        if self.tokenizer is None:  # a model without a tokenizer (token ids in, token ids out)
+            return ""
+        return self.tokenizer.decode(self.tokens if tokens is None else tokens, skip_special_tokens=True)
 
     def _watch(self) -> None:
         """Stop strings and streaming: emit the text no stop string can still claim."""
@@ -194,7 +197,7 @@ class _Generation:
         tokens = self.tokens
         if self.beam is not None:
             tokens, score = self.beam.best()
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        text = self._text(tokens)
         for stop in self.params.stop:
             at = text.find(stop)
             if at >= 0:
@@ -214,7 +217,7 @@ class Engine:
 
     def __init__(self, base: BaseModel | PromptedModel, *, max_batch_rows: int = 32, max_batch_tokens: int = 16384,
                  max_running: int = 64, max_queue: int = 0, compile_prompts: bool = True,
-                 cuda_graphs: bool | None = None):
+                 cuda_graphs: bool | None = None, compile_decoding: bool | None = None):
         self.pm = base if isinstance(base, PromptedModel) else PromptedModel(base)
         self.base = self.pm.base
         self.tokenizer = self.base.tokenizer
@@ -224,6 +227,7 @@ class Engine:
         self.max_queue = int(max_queue)
         self.compile_prompts = compile_prompts and can_compile(self.pm)
         self._cuda_graphs = cuda_graphs
+        self._compile_decoding = compile_decoding
         self.prompts: dict[str, EnginePrompt] = {}
         self._serial = itertools.count()
         self._lock = threading.Condition()
@@ -246,9 +250,16 @@ class Engine:
         """Load (or replace) a prompt under name; requests already running keep the one they started with."""
         if tensors is not None and tensors.deep:
             self.pm.deep_support()  # refuses, clearly, a model whose attention cannot take prefixes
+        if tensors is not None:  # on the model's device once, not at every pass (they stay float32)
+            device = self.base.device
+            tensors = PromptTensors(
+                input=tensors.input.detach().to(device) if tensors.input is not None else None,
+                deep={s: t.detach().to(device) for s, t in tensors.deep.items()} if tensors.deep else None,
+                position_shift=tensors.position_shift)
         entry = EnginePrompt(name, f"{name}#{next(self._serial)}", tensors, task,
                              tuple(fixed_start) if fixed_start is not None and self.compile_prompts else None,
-                             eos_id if eos_id is not None else self.tokenizer.eos_token_id, meta=dict(meta or {}))
+                             eos_id if eos_id is not None else getattr(self.tokenizer, "eos_token_id", None),
+                             meta=dict(meta or {}))
         with self._lock:
             self.prompts[name] = entry
         return entry
@@ -524,7 +535,7 @@ class Engine:
             at = gather[:, None, :, None].expand(len(picks), heads, longest, dim)
             kv.append((both[0].gather(2, at), both[1].gather(2, at)))
         if self._slots is None:
-            self._slots = SlotDecoder(pm, self._cuda_graphs)
+            self._slots = SlotDecoder(pm, self._cuda_graphs, self._compile_decoding)
         self._slots.admit(kv, lengths, positions, [row for row, _ in live], budget)
 
     def _start_cohort(self, requests: list[_Request]) -> None:
@@ -571,8 +582,11 @@ class Engine:
         if simple:
             part = logits if len(simple) == len(rows) else logits[torch.tensor(simple, device=logits.device)]
             gens = [rows[i].owner for i in simple]
-            processed = process_logits(part, [g.params for g in gens], [g.seen for g in gens])
-            tokens = choose(processed, [g.params for g in gens], [g.generator for g in gens])
+            if all(g.plain_greedy for g in gens):  # nothing to process: the argmax, one read from the device
+                tokens = part.argmax(-1).tolist()
+            else:
+                processed = process_logits(part, [g.params for g in gens], [g.seen for g in gens])
+                tokens = choose(processed, [g.params for g in gens], [g.generator for g in gens])
             for j, (i, gen, token) in enumerate(zip(simple, gens, tokens)):
                 if gen.params.return_logits:
                     gen.logits.append(part[j].float().cpu())
