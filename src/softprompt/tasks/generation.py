@@ -92,10 +92,11 @@ class GenerationTask(nn.Module):
         """Per item, the log-probabilities of its target tokens (teacher forcing)."""
         out = []
         if self.info.kind is ModelKind.CAUSAL:
+            ends = batch.last_index.tolist()  # one host copy per batch, not one device read per row
             for item, rows in zip(items, row_index):
                 r = rows[0]
                 m = len(item.targets)
-                last = int(batch.last_index[r])
+                last = ends[r]
                 logits = pm.lm_logits(hidden[r, last - m + 1 : last + 1]).float()
                 logp = torch.log_softmax(logits, -1)
                 out.append(logp[torch.arange(m), torch.tensor(item.targets, device=logp.device)])
