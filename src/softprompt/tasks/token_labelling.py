@@ -89,13 +89,12 @@ class TokenLabellingTask(nn.Module):
 
     def class_logits(self, pm, hidden, batch, items, row_index) -> list[torch.Tensor]:
         """Per item, (kept words, tags) logits read at each word's first sub-token."""
-        out = []
-        for item, rows in zip(items, row_index):
-            r = rows[0]
-            start = int(batch.first_index[r])
-            index = torch.tensor([start + p for p in item.positions], device=hidden.device)
-            out.append(self.head(self.dropout(hidden[r, index].float())))
-        return out
+        starts = batch.first_index.tolist()  # one host copy per batch, not one device read per row
+        rows = [rows[0] for rows in row_index]
+        flat = torch.tensor([(r, starts[r] + p) for r, item in zip(rows, items) for p in item.positions],
+                            device=hidden.device).view(-1, 2)
+        logits = self.head(self.dropout(hidden[flat[:, 0], flat[:, 1]].float()))  # one head call for the batch
+        return list(torch.split(logits, [len(item.positions) for item in items]))
 
     # ---- training and evaluation ---------------------------------------------------------------
     def loss_count(self, items) -> int:
