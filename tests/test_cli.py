@@ -41,16 +41,19 @@ def test_console_entry_point_runs_in_a_real_process(tmp_path):
 
 
 def test_every_command_and_group_is_on_the_app():
-    """The command modules register nothing themselves; softprompt.cli names each command and group."""
+    """The command modules register nothing themselves; softprompt.cli names each command and group
+    (new ones may join; none of these may go missing)."""
     import typer
 
     tree = typer.main.get_command(app)
-    groups = {name: sorted(tree.commands[name].commands) for name in ("library", "transfer", "ppt")}
-    assert list(tree.commands) == ["train", "eval", "predict", "sweep", "models", "info", "demo", "similarity",
-                                   "search", "inspect", "library", "transfer", "ppt"]
-    assert groups == {"library": ["add", "check", "export", "list", "rm", "search", "show"],
-                      "transfer": ["fit-projector", "project", "rank", "vocab-projector", "zero-shot"],
-                      "ppt": ["examples", "pretrain"]}
+    commands = ["train", "eval", "predict", "sweep", "models", "info", "demo", "similarity", "search", "inspect",
+                "library", "transfer", "ppt"]
+    assert [name for name in tree.commands if name in commands] == commands
+    groups = {"library": ["add", "check", "export", "list", "rm", "search", "show"],
+              "transfer": ["fit-projector", "project", "rank", "vocab-projector", "zero-shot"],
+              "ppt": ["examples", "pretrain"]}
+    for group, subcommands in groups.items():
+        assert set(subcommands) <= set(tree.commands[group].commands), group
 
 
 @pytest.fixture(scope="module")

@@ -166,7 +166,7 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     """A missing script or result, an unknown bench flag and an unknown command or option are all found."""
     text = ("## S\n\n```bash\npython bench/methods_smollm2.py --method ptuning --no-such-flag 3 "
             "--out bench/results/nowhere.json\nsoftprompt eval a.safetensors d.jsonl --no-such-option\n"
-            "softprompt serve\nmake nothing\n```\n\nThen `--another-unknown 2`, `bench/gone.py` and `nowhere.png`.\n")
+            "softprompt no-such-command\nmake nothing\n```\n\nThen `--another-unknown 2`, `bench/gone.py` and `nowhere.png`.\n")
     missing = _cited_files_missing("BENCHMARKS.md", text, None)
     assert {m.split(": ")[1].split(" ")[0] for m in missing} == {"bench/gone.py", "bench/results/nowhere.json",
                                                                  "bench/results/nowhere.png"}
@@ -174,5 +174,5 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     assert [u.split(" has no ")[1].split(" ")[0] for u in unknown] == ["--no-such-flag", "--another-unknown"]
     problems = _cli_problems("README.md", text) + _make_problems("README.md", text)
     assert len(problems) == 3
-    assert "no option --no-such-option" in problems[0] and "no command 'serve'" in problems[1]
+    assert "no option --no-such-option" in problems[0] and "no command 'no-such-command'" in problems[1]
     assert "no target 'nothing'" in problems[2]
