@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from . import library, ppt, run, search, sweep, transfer
+from . import library, ppt, run, search, serve, sweep, transfer
 from .common import _STATE
 
 app = typer.Typer(
@@ -40,6 +40,7 @@ COMMANDS = {
     "similarity": transfer.similarity,
     "search": search.search,
     "inspect": search.inspect,
+    "serve": serve.serve,
 }
 GROUPS = {
     "library": library.library_app,

@@ -19,9 +19,10 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 import traceback
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -126,10 +127,13 @@ class _Request:
     params: SamplingParams | None = None  # generation
     handle: GenerationHandle | None = None
     choice: int = 0  # generation: which of n choices (offsets the seed)
+    submitted: float = field(default_factory=time.monotonic)
 
     @property
     def cancelled(self) -> bool:
-        return self.handle is not None and self.handle.cancelled.is_set()
+        if self.handle is not None:
+            return self.handle.cancelled.is_set()
+        return self.future.cancelled()  # a score request whose caller gave up
 
 
 class _Generation:
@@ -239,6 +243,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.stats = {"passes": 0, "steps": 0, "rows": 0, "tokens": 0, "generated": 0}
         self.on_pass: Callable[[str, int, int], None] | None = None  # (kind, rows, tokens) after each pass
+        self.on_admit: Callable[[str, float], None] | None = None  # (kind, seconds waited) as a request starts
         kind = self.pm.info.kind
         self._slot_path = kind is ModelKind.CAUSAL and self.pm.info.position_ids == "absolute" and can_compile(self.pm)
         limit = getattr(self.base.model.config, "max_position_embeddings", None)
@@ -417,6 +422,10 @@ class Engine:
             chosen.append(request)
             rows, width = rows + n, wide
             room -= beams
+        if self.on_admit is not None:
+            now = time.monotonic()
+            for request in chosen + cohort:
+                self.on_admit("generate" if request.params is not None else "score", now - request.submitted)
         kept.extend(self._waiting)
         self._waiting = kept
         return chosen, cohort
@@ -620,10 +629,13 @@ class Engine:
             return
         if cancelled:
             value = GenerationResult("", [], "cancelled", request.length)
-        if exc is not None:
-            request.future.set_exception(exc)
-        else:
-            request.future.set_result(value)
+        try:
+            if exc is not None:
+                request.future.set_exception(exc)
+            else:
+                request.future.set_result(value)
+        except InvalidStateError:  # the caller cancelled it a moment ago
+            pass
         if request.handle is not None:
             request.handle._close()
 

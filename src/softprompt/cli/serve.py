@@ -1,0 +1,63 @@
+"""`softprompt serve`: one base model, many prompts, over HTTP."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import _LIB, _fail, _run
+
+
+def serve(
+    prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p",
+                                               help="NAME=PATH of a prompt file to serve (repeatable)."),
+    library_prompt: Optional[List[str]] = typer.Option(
+        None, "--from-library", help="A library prompt to serve: NAME, NAME@VERSION, optionally =SERVED_NAME."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="YAML: {model: ..., library: ..., prompts: {name: path | {library: ref}}}."),
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help="Base model (default: the first prompt's own, else smollm2-135m)."),
+    library: Optional[Path] = _LIB,
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, help="Port."),
+    max_queue: int = typer.Option(256, help="Requests waiting at most; past it, 429 with Retry-After."),
+    max_tokens: int = typer.Option(512, help="New tokens per request at most."),
+    timeout: float = typer.Option(120.0, help="Seconds a request may take before it is cancelled (504)."),
+    max_batch_rows: int = typer.Option(32, help="Rows per forward pass over new requests."),
+    max_running: int = typer.Option(64, help="Generation rows decoded together at most."),
+    admin_token_file: Optional[Path] = typer.Option(
+        None, help="File holding the bearer token of the admin routes (or set SOFTPROMPT_ADMIN_TOKEN); "
+                   "without one they are off."),
+    no_base: bool = typer.Option(False, "--no-base", help="Do not serve the base model itself under its own name."),
+    log_level: str = typer.Option("info", help="uvicorn's log level (access logs are JSON lines on stderr)."),
+):
+    """Serve prompts of one base model over HTTP: OpenAI-compatible completions and chat completions
+    (`model` names a prompt), /v1/classify, /v1/tag, /metrics, /health and a page at /. With no
+    prompts named, the bundled demo prompt on the embedded default model."""
+    from ..serve import ServeSettings, build_registry, run
+
+    token = os.environ.get("SOFTPROMPT_ADMIN_TOKEN")
+    if admin_token_file is not None:
+        if not admin_token_file.is_file():
+            _fail(f"{admin_token_file}: admin token file not found")
+        token = admin_token_file.read_text(encoding="utf-8").strip()
+        if not token:
+            _fail(f"{admin_token_file}: the admin token file is empty")
+    pairs = []
+    for spec in prompt or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            _fail(f"--prompt {spec!r}: expected NAME=PATH")
+        pairs.append((name, path))
+    registry = _run(build_registry, model=model, prompts=pairs, library_refs=library_prompt or [], config=config,
+                    library=library, serve_base=not no_base,
+                    engine_options={"max_queue": max_queue, "max_batch_rows": max_batch_rows,
+                                    "max_running": max_running}, log=typer.echo)
+    names = ", ".join(registry.names())
+    typer.echo(f"serving {names} on {registry.base.name} at http://{host}:{port}/ (admin routes "
+               f"{'on' if token else 'off'})", err=True)
+    settings = ServeSettings(max_tokens=max_tokens, timeout=timeout, admin_token=token)
+    run(registry, settings, host=host, port=port, log_level=log_level)

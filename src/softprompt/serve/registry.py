@@ -1,0 +1,195 @@
+"""The prompts a server answers for: loaded from files, the prompt library or a YAML list, checked
+against the one base model, registered with the engine; replaced or removed while serving.
+
+A prompt that fails its checks (another base model, a corrupt file) raises before anything changes,
+so the prompts already served keep serving. Requests in flight keep the entry they started with.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..api import LoadedPrompt, Prediction, build_task, load_prompt
+from ..engine import Engine, EnginePrompt
+from ..errors import ConfigError, DataError
+from ..models import BaseModel, ModelKind
+from ..tasks.runner import TaskPrompt, register_units
+from ..templates import TemplateRenderer
+
+
+class PromptNotFound(DataError):
+    """No prompt of that name is loaded."""
+
+
+@dataclass
+class ServedPrompt:
+    """A loaded prompt as the server sees it."""
+
+    name: str
+    unit: TaskPrompt
+    entry: EnginePrompt
+    method: str
+    source: str
+    bytes: int | None = None
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def task(self):
+        return self.unit.task
+
+    @property
+    def kind(self) -> str:
+        return self.unit.task.kind
+
+    @property
+    def labels(self) -> list[str]:
+        return list(getattr(self.unit.task, "labels", []))
+
+    @property
+    def parameters(self) -> int:
+        tensors = self.entry.tensors
+        if tensors is None:
+            return 0
+        return (tensors.input.numel() if tensors.input is not None else 0) + sum(
+            t.numel() for t in (tensors.deep or {}).values())
+
+    @property
+    def template(self) -> str | None:
+        template = getattr(self.unit.task, "template", None)
+        return getattr(template, "source", None) if template is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "method": self.method, "kind": self.kind, "labels": self.labels,
+                "parameters": self.parameters, "bytes": self.bytes, "metrics": self.metrics, "source": self.source,
+                "template": self.template}
+
+    def row(self, text: str, text_b: str | None = None) -> tuple[int, ...]:
+        """The input row of a generation prompt for a text; DataError when the text does not fit its
+        template's max_length (the template would have to shorten it: an API caller should know)."""
+        from ..tasks.readers import Example
+
+        task = self.unit.task
+        example = Example(text, text_b, None, "input")
+        item = task.prepare(example)
+        full = TemplateRenderer(task.template, task.tokenizer, task.info.kind, 10**9)
+        values = {"text": text, **({"text_b": text_b} if text_b is not None else {})}
+        whole = full.render(values, task.n_prefix, where="input").ids
+        if len(whole) > len(item.prefix):
+            raise DataError(f"input of {len(whole)} tokens (with the template) is over the {task.config.max_length} "
+                            f"tokens prompt {self.name!r} takes (its task.max_length)")
+        return item.prefix
+
+
+def prediction(served: ServedPrompt, logits) -> Prediction:
+    """Label and every label's probability from a classification prompt's logits."""
+    import torch
+
+    probs = torch.softmax(logits.float(), -1).tolist()
+    labels = served.labels
+    best = max(range(len(probs)), key=probs.__getitem__)
+    return Prediction(labels[best], dict(zip(labels, probs)))
+
+
+class PromptRegistry:
+    """Named prompts of one base model, registered with its engine."""
+
+    def __init__(self, base: BaseModel, engine: Engine, library: str | Path | None = None):
+        self.base = base
+        self.engine = engine
+        self.library_root = library
+        self._prompts: dict[str, ServedPrompt] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._prompts)
+
+    def all(self) -> list[ServedPrompt]:
+        with self._lock:
+            return [self._prompts[n] for n in sorted(self._prompts)]
+
+    def get(self, name: str) -> ServedPrompt:
+        with self._lock:
+            served = self._prompts.get(name)
+        if served is None:
+            known = ", ".join(self.names()) or "none"
+            raise PromptNotFound(f"no prompt named {name!r} is loaded (loaded: {known})")
+        return served
+
+    def _register(self, name: str, unit: TaskPrompt, method: str, source: str, bytes_: int | None,
+                  metrics: Mapping | None) -> ServedPrompt:
+        unit.key = name
+        entry = register_units(self.engine, {name: unit})[name]
+        served = ServedPrompt(name, unit, entry, method, source, bytes_, dict(metrics or {}))
+        with self._lock:
+            self._prompts[name] = served
+        return served
+
+    def add_loaded(self, name: str, loaded: LoadedPrompt, source: str) -> ServedPrompt:
+        """Serve an attached prompt under name (replacing one of that name)."""
+        if loaded.base is not self.base:
+            raise ConfigError(f"prompt {name!r} is attached to another base model object than the server's")
+        artifact = loaded.artifact
+        size = artifact.path.stat().st_size if artifact.path is not None and artifact.path.exists() else None
+        metrics = artifact.meta.get("metrics", {}).get("dev", {})
+        return self._register(name, loaded.unit, artifact.method, source, size, metrics)
+
+    def add_file(self, name: str, path: str | Path) -> ServedPrompt:
+        """Load a prompt file (checked against the base model) and serve it under name."""
+        loaded = load_prompt(path, self.base, key=name)
+        return self.add_loaded(name, loaded, str(path))
+
+    def add_library(self, ref: str, name: str | None = None) -> ServedPrompt:
+        """Load a prompt from the library ('name', 'name@version' or 'name:version') and serve it."""
+        from ..library import Library
+
+        ref = ref.replace("@", ":")
+        library = Library(self.library_root)
+        entry = library.get(ref)
+        loaded = load_prompt(entry.path, self.base, key=name or entry.name)
+        return self.add_loaded(name or entry.name, loaded, f"library:{entry.name}:{entry.version}")
+
+    def add_base(self) -> ServedPrompt:
+        """The base model itself, no prompt, its input as written: served under its own name for
+        completions (causal LMs and encoder-decoders)."""
+        if self.base.info.kind is ModelKind.ENCODER:
+            raise ConfigError("an encoder has no completions to serve without a prompt")
+        limit = getattr(self.base.model.config, "max_position_embeddings", None) or 2048
+        template = "{text}{mask}" if self.base.info.kind is ModelKind.CAUSAL else "{text}"
+        task = build_task({"kind": "generation", "template": template, "max_length": int(min(limit, 8192))},
+                          self.base, [], 0)
+        return self._register(self.base.name, TaskPrompt(self.base.name, None, task), "none", "base model", 0, {})
+
+    def remove(self, name: str) -> None:
+        self.get(name)
+        with self._lock:
+            self._prompts.pop(name, None)
+        self.engine.remove_prompt(name)
+
+
+def read_prompt_list(path: str | Path) -> dict[str, Any]:
+    """A YAML file of prompts to serve: {model: ..., library: ..., prompts: {name: path | {library: ref}}}."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("prompts"), dict) or not data["prompts"]:
+        raise ConfigError(f"{path}: expected a mapping with 'prompts: {{name: path or {{library: ref}}}}'")
+    unknown = set(data) - {"model", "library", "prompts"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)} (known: model, library, prompts)")
+    for name, spec in data["prompts"].items():
+        ok = isinstance(spec, str) or (isinstance(spec, dict) and set(spec) == {"library"} and isinstance(spec["library"], str))
+        if not ok:
+            raise ConfigError(f"{path}: prompt {name!r} must be a file path or {{library: name@version}}")
+        if isinstance(spec, str) and not Path(spec).is_absolute():
+            data["prompts"][name] = str(path.parent / spec)
+    return data
