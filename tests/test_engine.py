@@ -329,3 +329,23 @@ def test_cancel_frees_the_rows_and_a_full_queue_is_refused():
         for h in waiting:
             h.result(timeout=60)
     assert engine.running() == 0
+
+
+def test_generate_and_stream_from_a_prompt_file(tmp_path):
+    import softprompt
+    from serving import GENERATION, METHODS, make_prompt
+
+    base = tiny_base("llama")
+    path = make_prompt(base, tmp_path / "g.safetensors", METHODS["prefix_tuning"], GENERATION)
+    loaded = softprompt.load_prompt(path, base)
+    results = softprompt.generate(loaded, ["a warm film", "the plot is dull"], max_new_tokens=6, ignore_eos=True)
+    assert [len(r.token_ids) for r in results] == [6, 6]
+    pieces = list(softprompt.stream(loaded, "a warm film", max_new_tokens=6, ignore_eos=True))
+    assert "".join(pieces) == results[0].text
+    sampled = [softprompt.generate(loaded, ["great"], max_new_tokens=8, temperature=1.0, seed=3)[0].text for _ in range(2)]
+    assert sampled[0] == sampled[1]
+    classifier = make_prompt(base, tmp_path / "c.safetensors", METHODS["prompt_tuning"],
+                             {"kind": "classification", "labels": ["a", "b"], "template": "{text} it was {mask}",
+                              "verbalizer": {"a": "good", "b": "bad"}})
+    with pytest.raises(ConfigError, match="classification prompt"):
+        softprompt.generate(softprompt.load_prompt(classifier, base), ["x"])

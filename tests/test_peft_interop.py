@@ -318,3 +318,31 @@ def test_export_refuses_what_peft_cannot_hold(tmp_path):
     inside.meta["task"]["template"] = "{text} [P*2] {mask}"
     with pytest.raises(ArtifactError, match="places virtual tokens inside the text"):
         export_peft(inside, tmp_path / "out", base)
+
+
+def test_the_commands_import_and_export_peft_adapters(tmp_path):
+    """`softprompt import-peft DIR -o FILE` and `softprompt export FILE --format peft -o DIR` on a local
+    model directory; a directory that is not an adapter is one error line and exit code 2."""
+    from typer.testing import CliRunner
+
+    from softprompt.cli import app
+    from tiny import save_tiny
+
+    model_dir = save_tiny("llama", tmp_path / "tiny-llama")
+    adapter = tmp_path / "adapter"
+    _peft_model("llama", "prefix").save_pretrained(adapter)
+    runner = CliRunner()
+    imported = runner.invoke(app, ["import-peft", str(adapter), "-o", str(tmp_path / "p.safetensors"), "--model",
+                                   model_dir, "--allow-model-mismatch"])
+    assert imported.exit_code == 0, imported.output
+    artifact = PromptArtifact.load(tmp_path / "p.safetensors")
+    assert artifact.method == "ptuning_v2"
+    exported = runner.invoke(app, ["export", str(tmp_path / "p.safetensors"), "--format", "peft", "-o",
+                                   str(tmp_path / "back"), "--model", model_dir])
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "back" / "adapter_config.json").exists()
+    assert (tmp_path / "back" / "adapter_model.safetensors").exists()
+    bad = runner.invoke(app, ["import-peft", str(tmp_path), "-o", str(tmp_path / "x.safetensors"), "--model", model_dir])
+    assert bad.exit_code == 2 and bad.output.count("error:") == 1
+    wrong = runner.invoke(app, ["export", str(tmp_path / "p.safetensors"), "--format", "onnx", "-o", str(tmp_path / "o")])
+    assert wrong.exit_code == 2 and "peft" in wrong.output

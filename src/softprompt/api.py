@@ -6,7 +6,7 @@ The CLI is a thin shell over these; everything a command does, a function here d
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,8 @@ from .errors import ConfigError, DataError
 from .models import EMBEDDED, BaseModel, embedded_status
 from .tasks.conll import TokenExample
 from .tasks.readers import Example
-from .tasks.runner import Prepared, generate_texts, predict_logits
+from .engine import Engine, GenerationResult, SamplingParams
+from .tasks.runner import Prepared, generate_texts, predict_logits, register_units
 from .training.run import (  # noqa: F401  (the API's names for the run-level functions)
     TASK_KINDS,
     LoadedPrompt,
@@ -158,6 +159,57 @@ def predict_file(artifact: str | Path | LoadedPrompt, in_path: str | Path, out_p
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         tmp.replace(out_path)
     return predictions
+
+
+def _generation_prompt(artifact, base, allow_model_mismatch) -> LoadedPrompt:
+    loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(
+        artifact, base, allow_model_mismatch=allow_model_mismatch)
+    if loaded.unit.task.kind != "generation":
+        raise ConfigError(f"{loaded.artifact.path or 'the prompt'} is a {loaded.unit.task.kind} prompt; generate and "
+                          "stream take generation prompts (use predict)")
+    return loaded
+
+
+def _sampling(task, options: Mapping) -> SamplingParams:
+    options = dict(options)
+    options.setdefault("max_new_tokens", task.config.max_new_tokens)
+    options.setdefault("num_beams", task.config.num_beams)
+    options.setdefault("length_penalty", task.config.length_penalty)
+    return SamplingParams(**options)
+
+
+def generate(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example], *, base: BaseModel | None = None,
+             allow_model_mismatch: bool = False, **sampling) -> list[GenerationResult]:
+    """Generated text for each input of a generation prompt, decoded together by the engine.
+
+    sampling: SamplingParams fields (max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+    seed, num_beams, length_penalty, stop, stop_token_ids, ignore_eos, return_logits); the task's own
+    max_new_tokens and beam settings by default, greedy unless temperature > 0."""
+    loaded = _generation_prompt(artifact, base, allow_model_mismatch)
+    unit = loaded.unit
+    params = _sampling(unit.task, sampling)
+    examples = [_unlabelled("generation", value, f"input {i + 1}") for i, value in enumerate(inputs)]
+    rows = [unit.task.prepare(e).prefix for e in examples]
+    with Engine(loaded.base, max_batch_rows=32, max_running=64) as engine:
+        entry = register_units(engine, {unit.key: unit})[unit.key]
+        handles = [engine.submit_generate(entry, row, params) for row in rows]
+        return [handle.result() for handle in handles]
+
+
+def stream(artifact: str | Path | LoadedPrompt, text: str | Example, *, base: BaseModel | None = None,
+           allow_model_mismatch: bool = False, **sampling) -> Iterator[str]:
+    """The generated text of one input, piece by piece as it is decoded (joined: what generate gives)."""
+    loaded = _generation_prompt(artifact, base, allow_model_mismatch)
+    unit = loaded.unit
+    params = _sampling(unit.task, sampling)
+    row = unit.task.prepare(_unlabelled("generation", text, "input")).prefix
+    with Engine(loaded.base) as engine:
+        entry = register_units(engine, {unit.key: unit})[unit.key]
+        handle = engine.submit_generate(entry, row, params, stream=True)
+        try:
+            yield from handle
+        finally:
+            handle.cancel()
 
 
 def list_models() -> list[dict[str, str]]:

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from . import library, ppt, run, search, serve, sweep, transfer
+from . import interop, library, ppt, run, search, serve, sweep, transfer
 from .common import _STATE
 
 app = typer.Typer(
@@ -41,6 +41,8 @@ COMMANDS = {
     "search": search.search,
     "inspect": search.inspect,
     "serve": serve.serve,
+    "import-peft": interop.import_peft,
+    "export": interop.export,
 }
 GROUPS = {
     "library": library.library_app,
