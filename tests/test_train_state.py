@@ -153,27 +153,32 @@ def load_small(path):
     return step, module.weight.detach()
 
 
-@pytest.mark.parametrize("target", ["save_file", "json_dump", "rename_new_in"])
+@pytest.mark.parametrize("target", ["tensors_file", "json_file", "rename_new_in"])
 def test_crash_during_overwrite_keeps_old_checkpoint(tmp_path, monkeypatch, target):
     ckpt = checkpoint_dir(tmp_path, 5)
     save_small(ckpt, 5, weight=1.0)
-    real_replace = state_mod.os.replace
+    real_replace, real_write = state_mod.os.replace, state_mod.write_durably
 
     def boom(*args, **kwargs):
-        if target == "json_dump":
-            args[1].write('{"format": "softprompt-tra')  # leave a half-written file behind
         name = Path(args[0]).name if target == "rename_new_in" else ""
         if target == "rename_new_in" and (not name.startswith(".step-") or name.endswith("-old")):
             return real_replace(*args)  # moving the old checkpoint aside and back works; moving the new in fails
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    if target == "save_file":
-        monkeypatch.setattr(state_mod, "save_file", boom)
-    elif target == "json_dump":
-        monkeypatch.setattr(state_mod.json, "dump", boom)
-    else:
+    def write(path, data):
+        if path.name == state_mod.JSON_FILE:
+            path.write_bytes(data[:20])  # leave a half-written file behind
+            boom()
+        elif target == "tensors_file":
+            boom()
+        real_write(path, data)
+
+    if target == "rename_new_in":
         monkeypatch.setattr(state_mod.os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
+    else:
+        monkeypatch.setattr(state_mod, "write_durably", write)
+    with pytest.raises(ArtifactError, match=r"cannot write training checkpoint .*step-000005 \(No space left on device\); "
+                                            "the previous checkpoint is kept$"):
         save_small(ckpt, 5, weight=2.0)
     monkeypatch.undo()
 

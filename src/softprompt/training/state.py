@@ -17,8 +17,10 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as serialize
 
+from softprompt.core.artifact import fsync_directory, write_durably
 from softprompt.errors import ArtifactError
 
 FORMAT = "softprompt-training-state"
@@ -110,18 +112,6 @@ def _scheduler_state(scheduler: Any, tensors: dict[str, torch.Tensor]) -> dict[s
     return encoded if scheduler is not None else None
 
 
-def _fsync(path: Path) -> None:
-    """Flush ``path`` (file or directory) to disk so a power loss cannot reorder it after a rename."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # Windows cannot open directories; its renames are durable enough here
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_training_state(
     directory: str | Path, *, modules: Mapping[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
     scheduler: Any, step: int, extra: Mapping[str, Any] | None = None,
@@ -131,7 +121,8 @@ def save_training_state(
 
     Files are written into a temporary sibling and renamed into place, so ``directory`` is always
     either the previous complete checkpoint or the new one. ``extra`` must be JSON-like (tuples,
-    int keys and tensors are also kept exactly).
+    int keys and tensors are also kept exactly). A write that fails (a full disk) raises
+    ArtifactError, and the previous checkpoint stays as it was.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -144,14 +135,15 @@ def save_training_state(
         "rng": _encode(_rng_state(generator_states or {}), "rng", tensors),
         "extra": _encode(dict(extra or {}), "extra", tensors),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    old = tmp.with_name(tmp.name + "-old")
+    tensors_data = serialize(tensors, metadata={"format": FORMAT})  # written by Python: a full disk is an OSError
+    json_data = json.dumps(document).encode("utf-8")
+    tmp = old = None
     try:
-        save_file(tensors, str(tmp / TENSORS_FILE), metadata={"format": FORMAT})
-        with open(tmp / JSON_FILE, "w", encoding="utf-8") as handle:
-            json.dump(document, handle)
-        for path in (tmp / TENSORS_FILE, tmp / JSON_FILE, tmp):  # on disk before the rename publishes them
-            _fsync(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        old = tmp.with_name(tmp.name + "-old")
+        write_durably(tmp / TENSORS_FILE, tensors_data)  # each on disk before the rename publishes them
+        write_durably(tmp / JSON_FILE, json_data)
+        fsync_directory(tmp)
         if directory.exists():
             os.replace(directory, old)
         try:
@@ -160,10 +152,14 @@ def save_training_state(
             if old.exists() and not directory.exists():
                 os.replace(old, directory)  # put the previous checkpoint back
             raise
-        _fsync(directory.parent)
+        fsync_directory(directory.parent)
+    except OSError as exc:
+        raise ArtifactError(f"cannot write training checkpoint {directory} ({exc.strerror or exc}); "
+                            "the previous checkpoint is kept") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if directory.exists():  # never drop the previous checkpoint unless one is in place
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and directory.exists():  # never drop the previous checkpoint unless one is in place
             shutil.rmtree(old, ignore_errors=True)
     return directory
 
