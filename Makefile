@@ -13,6 +13,7 @@ demo: $(STAMP)
 	$(VENV)/bin/softprompt demo
 
 test: $(STAMP)
+	bash scripts/browser.sh
 	$(VENV)/bin/python -m pytest -q
 
 setup: $(STAMP)
