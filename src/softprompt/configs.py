@@ -228,6 +228,46 @@ class RunConfig:
         return Path(self.output.replace("{name}", self.name))
 
 
+# A config holds a few hundred values; YAML aliases can make a few lines expand to billions
+# (each alias repeats a whole part), which copying or saving the config would then spell out.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _check_size(data: Any, where: str) -> None:
+    """ConfigError when data, with every alias spelled out, holds more than MAX_CONFIG_VALUES values."""
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where}: the config spells out to over {MAX_CONFIG_VALUES:,} values "
+                              "(YAML aliases repeating large parts?)")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _load_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load, with ConfigError naming where and the line of any problem."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            line = mark.line + 1
+        elif isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+            line = text.count("\n", 0, exc.position) + 1
+        else:
+            line = None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"{where}{f':{line}' if line else ''}: not valid YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid YAML (nested too deeply)") from None
+    _check_size(data, where)
+    return data
+
+
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     """Set dotted keys from 'a.b=value' strings (values parsed as YAML) in a nested dict."""
     for item in overrides:
@@ -237,7 +277,10 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            value = raw
+            value = raw  # not YAML: the text as written
+        except RecursionError:
+            raise ConfigError(f"override {key[:60]!r}: the value is nested too deeply") from None
+        _check_size(value, f"override {key[:60]!r}")
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -256,12 +299,18 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: config file not found")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a YAML config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save the config as UTF-8") from None
+    data = _load_yaml(text, str(path))
     if data is None:
         raise ConfigError(f"{path}: the config is empty")
     if not isinstance(data, dict):

@@ -25,6 +25,7 @@ MAX_HEADER_BYTES = 8 << 20
 
 # The metadata keys code reads, and their JSON types (None: any); other keys are kept as written.
 _STR, _INT, _DICT, _STRS = (str,), (int,), (dict,), "list of strings"
+_DICT_OR_NULL = (dict, type(None))  # a task without a verbalizer records null
 _KEY_TYPES: dict[str, Any] = {
     "format_version": _INT, "method": _STR, "name": _STR, "created": _STR, "shapes": _DICT,
     "base_model": _DICT, "task": _DICT, "method_config": _DICT, "data_fields": _DICT, "metrics": _DICT,
@@ -33,23 +34,26 @@ _KEY_TYPES: dict[str, Any] = {
 _SECTION_TYPES: dict[str, dict[str, Any]] = {
     "base_model": {"name": _STR, "fingerprint": _STR, "fingerprint_version": _INT, "weights": _STR,
                    "dtype": _STR, "model_type": _STR, "hidden_size": _INT, "num_layers": _INT},
-    "task": {"kind": _STR, "labels": _STRS, "template": _STR, "verbalizer": _DICT},
+    "task": {"kind": _STR, "labels": _STRS, "template": _STR, "verbalizer": _DICT_OR_NULL},
     "library": {"name": _STR, "version": _INT, "task": _STR, "description": _STR},
 }
 _NAMES = {str: "a string", int: "a whole number", dict: "a mapping"}
 
 
-def _type_problem(value: Any, expected: Any) -> str | None:
-    """What is wrong with a metadata value of a known key (None: nothing; JSON null is allowed)."""
+def _expected(kind: Any) -> str:
+    return "a list of strings" if kind == _STRS else _NAMES[kind[0]]
+
+
+def _type_problem(value: Any, kind: Any) -> str | None:
+    """What is wrong with a metadata value of a known key, or None. Null is allowed for a string or
+    number, which code reads with a default, not for a section or a list that code iterates."""
     if value is None:
-        return None
-    if expected == _STRS:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return None
-        return f"must be a list of strings, got {_describe(value)}"
-    if isinstance(value, expected) and not isinstance(value, bool):
-        return None
-    return f"must be {_NAMES[expected[0]]}, got {_describe(value)}"
+        return None if kind in (_STR, _INT, _DICT_OR_NULL) else f"must be {_expected(kind)}, got null"
+    if kind == _STRS:
+        fits = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:
+        fits = isinstance(value, kind) and not isinstance(value, bool)
+    return None if fits else f"must be {_expected(kind)}, got {_describe(value)}"
 
 
 def _describe(value: Any) -> str:
@@ -64,16 +68,21 @@ def check_meta(meta: Any, where: str) -> dict[str, Any]:
     """The metadata if its known keys have the JSON types code relies on, else ArtifactError naming the key."""
     if not isinstance(meta, dict):
         raise ArtifactError(f"{where}: softprompt metadata must be a JSON object, got {_describe(meta)}")
-    problems = [(key, _type_problem(meta.get(key), kind)) for key, kind in _KEY_TYPES.items()]
+    problems = [(key, _type_problem(meta[key], kind)) for key, kind in _KEY_TYPES.items() if key in meta]
     for section, keys in _SECTION_TYPES.items():
         if isinstance(meta.get(section), dict):
-            problems += [(f"{section}.{k}", _type_problem(meta[section].get(k), kind)) for k, kind in keys.items()]
+            problems += [(f"{section}.{k}", _type_problem(meta[section][k], kind))
+                         for k, kind in keys.items() if k in meta[section]]
     for name, shape in (meta["shapes"] if isinstance(meta.get("shapes"), dict) else {}).items():
         if not (isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
             problems.append((f"shapes.{name}", f"must be a list of sizes, got {_describe(shape)}"))
     key, problem = next(((k, p) for k, p in problems if p), (None, None))
     if problem:
         raise ArtifactError(f"{where}: metadata {key!r} {problem} (not a valid prompt artifact)")
+    try:
+        json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a \ud800 escape: half a character, which no file name or index can hold
+        raise ArtifactError(f"{where}: metadata holds a lone UTF-16 surrogate (not a valid prompt artifact)") from None
     version = meta.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
         raise ArtifactError(

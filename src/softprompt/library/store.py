@@ -38,6 +38,15 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: "$" would 
 _STORED = re.compile(r"prompts/([A-Za-z0-9][A-Za-z0-9._-]{0,127})/([1-9][0-9]{0,17})\.safetensors")
 
 
+def _unicode(value: str, what: str) -> str:
+    """value if SQLite can store it (no lone surrogate, as undecodable command-line bytes give), else ConfigError."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"library {what} {value!r}: not valid Unicode (undecodable bytes?)") from None
+    return value
+
+
 def check_name(name: object) -> str:
     """A valid library name (one path component, no '..', no separators), else ConfigError."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -129,10 +138,11 @@ def _score(metrics: dict) -> float | None:
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """'name' (latest version) or 'name:version'."""
-    name, _, version = str(ref).partition(":")
+    name, _, version = _unicode(str(ref), "reference").partition(":")
     if version:
-        if not version.isdigit():
-            raise ConfigError(f"library reference {ref!r}: the version after ':' must be a number, e.g. {name}:2")
+        if not re.fullmatch(r"[0-9]{1,18}", version):  # ASCII (isdigit takes '²'), and what SQLite holds
+            example = f"{name}:2" if _NAME.fullmatch(name) else "name:2"
+            raise ConfigError(f"library reference {ref!r}: the version after ':' must be a number, e.g. {example}")
         return name, int(version)
     return name, None
 
@@ -176,7 +186,8 @@ class Library:
         artifact = source if isinstance(source, PromptArtifact) else PromptArtifact.load(source)
         meta = artifact.meta
         name = check_name(name or meta.get("name"))
-        task = str(task or meta.get("library", {}).get("task") or name)
+        task = _unicode(str(task or meta.get("library", {}).get("task") or name), "task")
+        description = _unicode(str(description), "description")
         row = _row_from_artifact(artifact, {"name": name, "version": 0, "task": task, "description": description},
                                  "", "")
         conn = self._connect()

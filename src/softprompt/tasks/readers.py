@@ -492,7 +492,8 @@ def _parse_jsonl(lines: LineReader, opts: _Options, fmt: DataFormat) -> Iterator
         if not isinstance(obj, dict):
             kind = {list: "an array", str: "a string", type(None): "null", bool: "a boolean"}.get(type(obj), "a number")
             raise DataError(f"{where}: expected a JSON object {{...}}, found {kind}")
-        keys = ", ".join(list(obj)[:10]) + (", ..." if len(obj) > 10 else "") or "none"
+        keys = ", ".join(k if k.isprintable() and k == k.strip() and k else repr(k) for k in list(obj)[:10])
+        keys = keys + (", ..." if len(obj) > 10 else "") or "none"
 
         def get(name: str, option: str, required: bool) -> str | None:
             value = obj.get(name)

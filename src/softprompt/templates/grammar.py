@@ -19,7 +19,7 @@ from ..errors import ConfigError
 SPECIAL_NAMES = ("sep", "cls", "bos", "eos")
 MAX_VIRTUAL = 4096
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_VIRTUAL = re.compile(r"\[P(?:\*(\d+))?\]")
+_VIRTUAL = re.compile(r"\[P(?:\*([0-9]+))?\]")  # ASCII digits: \d would take any script's
 
 
 class TemplateError(ConfigError):
@@ -77,8 +77,22 @@ class Template:
         return self.source
 
 
+def source_of(parts) -> str:
+    """The template text that parses back to these parts (braces in literal text doubled)."""
+    out = []
+    for part in parts:
+        if isinstance(part, Literal):
+            out.append(part.text.replace("{", "{{").replace("}", "}}"))
+        elif isinstance(part, Virtual):
+            out.append("[P]" if part.count == 1 else f"[P*{part.count}]")
+        else:
+            out.append("{" + ("mask" if isinstance(part, Mask) else part.name) + "}")
+    return "".join(out)
+
+
 def _error(source: str, column: int, what: str) -> TemplateError:
-    return TemplateError(f"template {source!r}, column {column + 1}: {what}")
+    shown = source if len(source) <= 80 else source[:77] + "..."  # the column says where, past the cut too
+    return TemplateError(f"template {shown!r}, column {column + 1}: {what}")
 
 
 def parse_template(source: str) -> Template:
@@ -105,7 +119,8 @@ def parse_template(source: str) -> Template:
                 raise _error(source, i, "'{' is never closed (write '{{' for a literal brace)")
             name = source[i + 1 : end].strip()
             if not _NAME.match(name):
-                raise _error(source, i, f"{{{source[i + 1:end]}}} is not a field name (letters, digits, _)")
+                bad = source[i : end + 1] if end - i < 40 else source[i : i + 37] + "..."
+                raise _error(source, i, f"{bad!r} is not a field name (letters, digits, _)")
             flush()
             if name == "mask":
                 if any(isinstance(p, Mask) for p in parts):
@@ -119,9 +134,12 @@ def parse_template(source: str) -> Template:
         elif ch == "}":
             raise _error(source, i, "'}' without '{' (write '}}' for a literal brace)")
         elif source.startswith("[P", i) and (m := _VIRTUAL.match(source, i)):
-            count = int(m.group(1)) if m.group(1) is not None else 1
+            digits = (m.group(1) or "1").lstrip("0") or "0"
+            # Length first: int() refuses over 4300 digits, and no valid count has more than a few.
+            count = int(digits) if len(digits) <= len(str(MAX_VIRTUAL)) else MAX_VIRTUAL + 1
             if not 1 <= count <= MAX_VIRTUAL:
-                raise _error(source, i, f"virtual-token count must be 1..{MAX_VIRTUAL}, got {count}")
+                shown = digits if len(digits) <= 12 else digits[:9] + "..."
+                raise _error(source, i, f"virtual-token count must be 1..{MAX_VIRTUAL}, got {shown}")
             flush()
             parts.append(Virtual(count))
             i = m.end()

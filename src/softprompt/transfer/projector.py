@@ -30,6 +30,7 @@ from torch import nn
 
 from ..core import PromptArtifact, PromptedModel, PromptTensors
 from ..errors import ArtifactError, ConfigError
+from ..models.fingerprint import fingerprint_mismatch
 
 _META_KEY = "softprompt_projector"
 
@@ -271,10 +272,12 @@ def _check_source(projector: Projector, art: PromptArtifact) -> None:
 
 
 def _check_target(projector: Projector, base) -> None:
-    want = projector.meta.get("target", {}).get("fingerprint")
-    if want and want != base.fingerprint:
-        raise ArtifactError(f"the projector maps to {projector.meta['target'].get('name')!r} (fingerprint {want}), "
-                            f"not {base.name!r} (fingerprint {base.fingerprint})")
+    target = projector.meta.get("target", {})
+    # As artifacts are checked: a projector written before fingerprint versions records version 1.
+    differs = fingerprint_mismatch(target, base) if target.get("fingerprint") else None
+    if differs:
+        raise ArtifactError(f"the projector maps to {target.get('name')!r} ({differs[0]}), "
+                            f"not {base.name!r} ({differs[1]})")
     if projector.d_out != base.info.hidden_size:
         raise ArtifactError(f"the projector gives width {projector.d_out}, but {base.name!r} has hidden size "
                             f"{base.info.hidden_size}")
