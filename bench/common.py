@@ -71,3 +71,25 @@ def side_or_lrs(a, ours, other) -> dict[str, str] | None:
         print(json.dumps(ours(a) if a.side == "ours" else other(a)))
         return None
     return dict(item.split("=") for item in a.lr.split(","))
+
+
+def llama_1b_config():
+    """The Llama-3.2-1B architecture (random weights are made from it: no download), sdpa attention."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8192},
+        tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001, pad_token_id=128001)
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def write_result(result: dict, out) -> None:
+    """Print a result as JSON, and write it to out when given."""
+    print(json.dumps(result, indent=1))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")

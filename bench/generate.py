@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED, machine  # noqa: E402
+from common import SHARED, llama_1b_config, machine, write_result  # noqa: E402
 
 TOKENS = 20  # virtual tokens / prefix length of every soft prompt, ours and PEFT's
 
@@ -269,13 +269,7 @@ def part_gpu(a) -> dict:
     from softprompt.engine import Engine, SamplingParams
     from softprompt.models import wrap_model
 
-    config = transformers.LlamaConfig(
-        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 8192},
-        tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001, pad_token_id=128001)
-    config._attn_implementation = "sdpa"
+    config = llama_1b_config()
     torch.manual_seed(0)
     with torch.device("cuda"):
         torch.set_default_dtype(torch.bfloat16)
@@ -391,10 +385,7 @@ def main():
     print(f"{a.part} on {machine()}", flush=True)
     result = {"generate": part_generate, "score": part_score, "gpu": part_gpu}[a.part](a)
     result.update(part=a.part, machine=machine(), args={k: str(v) for k, v in vars(a).items()})
-    print(json.dumps(result, indent=1))
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(result, a.out)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import llama_1b_config, machine, write_result  # noqa: E402
 
 TOKENS = 20
 
@@ -35,13 +35,7 @@ TOKENS = 20
 def llama_1b(seed: int):
     import transformers
 
-    config = transformers.LlamaConfig(
-        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 8192},
-        tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001, pad_token_id=128001)
-    config._attn_implementation = "sdpa"
+    config = llama_1b_config()
     torch.manual_seed(seed)
     with torch.device("cuda"):
         torch.set_default_dtype(torch.bfloat16)
@@ -165,10 +159,7 @@ def main():
     if "ours" in result and "peft" in result:
         result["ratios"] = {"tokens_per_s ours/peft": result["ours"]["tokens_per_s"] / result["peft"]["tokens_per_s"],
                             "peak ours/peft": result["ours"]["peak_gib"] / result["peft"]["peak_gib"]}
-    print(json.dumps(result, indent=1))
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(result, a.out)
 
 
 if __name__ == "__main__":
