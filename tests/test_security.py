@@ -194,3 +194,26 @@ def test_a_truncated_file_is_refused(tmp_path):
         cut.write_bytes(path.read_bytes()[:size])
         with pytest.raises(ArtifactError, match=rf"cut{size}\.safetensors: "):
             PromptArtifact.load(cut)
+
+
+# ------------------------------------------------------------------ attaching what loaded
+
+@pytest.mark.parametrize("meta, tensors, error", [
+    ({"method": "prompt_tuning"}, {"prompt.input": torch.ones(2, 32)}, "no 'task.labels' in its metadata"),
+    ({"task": {"kind": "classification", "labels": ["a", "b"]}}, {"prompt.input": torch.ones(2, 32)},
+     "no 'method' in its metadata"),
+    ({"method": "prompt_tuning", "task": {"kind": "classification", "labels": ["a", "b"]}}, {"prompt.x": torch.ones(2, 32)},
+     r"its tensors do not fit method 'prompt_tuning' \(KeyError"),
+    ({"method": "prompt_tuning", "task": {"kind": "classification", "labels": ["a", "b"]}}, {"prompt.input": torch.ones(3)},
+     r"its tensors do not fit method 'prompt_tuning' \(IndexError"),
+])
+def test_an_artifact_without_what_attaching_needs_is_refused_in_one_line(tmp_path, meta, tensors, error):
+    from tiny import tiny_base
+
+    from softprompt.training.run import load_prompt
+
+    base = tiny_base("gpt2")
+    meta = {**meta, "base_model": {"name": "tiny", "fingerprint": base.fingerprint, "hidden_size": 32}}
+    path = PromptArtifact(tensors, meta).save(tmp_path / "p.safetensors")
+    with pytest.raises(ArtifactError, match=rf"p\.safetensors: {error}"):
+        load_prompt(path, base)

@@ -207,6 +207,15 @@ class PromptArtifact:
                 raise ArtifactError(f"{path}: tensor {name!r} holds NaN or infinite values")
         return cls(tensors, meta, path)
 
+    def require(self, *keys: str) -> None:
+        """ArtifactError naming the first metadata key (dotted: 'task.labels') the artifact lacks."""
+        for key in keys:
+            node: Any = self.meta
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                raise ArtifactError(f"{self.path or 'artifact'}: no {key!r} in its metadata (not a trained prompt artifact)")
+
     def check_fits(self, base, *, allow_mismatch: bool = False) -> None:
         """Refuse a base model the artifact was not made for (fingerprint, width), unless allowed."""
         where = self.path or "artifact"

@@ -26,7 +26,7 @@ from ..configs import (
     to_dict,
 )
 from ..core import PromptArtifact, PromptedModel
-from ..errors import ConfigError, DataError
+from ..errors import ArtifactError, ConfigError, DataError
 from ..methods import get_method
 from ..methods.base import default_lr
 from ..methods.deep_common import check_deep_tensors
@@ -301,6 +301,7 @@ def load_prompt(path: str | Path | PromptArtifact, base: BaseModel | str | None 
                 allow_model_mismatch: bool = False, device: str = "auto") -> LoadedPrompt:
     """Attach an artifact to a base model (its own recorded base model when none is given)."""
     artifact = path if isinstance(path, PromptArtifact) else PromptArtifact.load(path)
+    artifact.require("method", "task.labels", *([] if base else ["base_model.name"]))
     if base is None or isinstance(base, str):
         base = load_model(ModelConfig(name=base or artifact.meta["base_model"]["name"], device=device))
     artifact.check_fits(base, allow_mismatch=allow_model_mismatch)
@@ -310,8 +311,12 @@ def load_prompt(path: str | Path | PromptArtifact, base: BaseModel | str | None 
     task = build_task(task_section, base, labels, getattr(m_config, "num_virtual_tokens", 0))
     prompt_tensors = {k[len("prompt."):]: v for k, v in artifact.tensors.items() if k.startswith("prompt.")}
     check_deep_tensors(prompt_tensors, base, str(artifact.path or "artifact"))
-    method = method_cls.from_export(m_config, prompt_tensors)
-    task.load_export(artifact.tensors)
+    try:
+        method = method_cls.from_export(m_config, prompt_tensors)
+        task.load_export(artifact.tensors)
+    except (KeyError, IndexError, ValueError, RuntimeError) as exc:  # tensors missing, or of other shapes
+        raise ArtifactError(f"{artifact.path or 'artifact'}: its tensors do not fit method {artifact.method!r} "
+                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
     unit = TaskPrompt(key or (artifact.path.stem if artifact.path else "task"), method, task).to(base.device)
     unit.eval()
     return LoadedPrompt(unit, artifact, base)
