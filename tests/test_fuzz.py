@@ -163,6 +163,13 @@ def read_any(path, **options):
     return outcome(path, lambda: read_examples(path, **options))
 
 
+def read_case(fuzz, name, path, content, **options):
+    """One reader case: the file holds content; read_examples gives examples or a DataError naming it."""
+    with case(fuzz, name):
+        path.write_bytes(content)
+        check_examples(path, read_any(path, **options))
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
@@ -172,10 +179,8 @@ def test_jsonl(fuzz, folder):
     @fuzz("jsonl")
     @given(file_of(jsonl_line), st.booleans(), st.sampled_from([None, "text_b"]), st.booleans())
     def run(content, require_label, text_b, skip_empty):
-        with case(fuzz, "jsonl"):
-            path = folder / "data.jsonl"
-            path.write_bytes(content)
-            check_examples(path, read_any(path, require_label=require_label, text_b_field=text_b, skip_empty=skip_empty))
+        read_case(fuzz, "jsonl", folder / "data.jsonl", content, require_label=require_label, text_b_field=text_b,
+                  skip_empty=skip_empty)
 
     run()
 
@@ -196,10 +201,8 @@ def test_delimited(fuzz, folder):
     def run(fmt, header, data, skip_empty):
         delimiter = "," if fmt is DataFormat.CSV else "\t"
         rows = data.draw(st.lists(st.one_of(delimited_line(delimiter), raw_line), max_size=10))
-        with case(fuzz, "delimited"):
-            path = folder / f"data.{fmt.value}"
-            path.write_bytes(b"\n".join([header, *rows]))
-            check_examples(path, read_any(path, format=fmt, skip_empty=skip_empty))
+        read_case(fuzz, "delimited", folder / f"data.{fmt.value}", b"\n".join([header, *rows]), format=fmt,
+                  skip_empty=skip_empty)
 
     run()
 
@@ -209,10 +212,8 @@ def test_line_formats(fuzz, folder):
     @given(file_of(raw_line), st.sampled_from([None, DataFormat.LABEL_FIRST, DataFormat.TEXT]),
            st.sampled_from(["utf-8", "cp1252", "latin-1", "ascii", "utf-8-sig"]))
     def run(content, fmt, encoding):
-        with case(fuzz, "line formats"):
-            path = folder / "data.txt"
-            path.write_bytes(content)
-            check_examples(path, read_any(path, format=fmt, encoding=encoding, require_label=fmt is not DataFormat.TEXT))
+        read_case(fuzz, "line formats", folder / "data.txt", content, format=fmt, encoding=encoding,
+                  require_label=fmt is not DataFormat.TEXT)
 
     run()
 
@@ -221,10 +222,8 @@ def test_any_bytes_in_every_format(fuzz, folder):
     @fuzz("any bytes")
     @given(st.binary(max_size=300), st.sampled_from([*DataFormat, None]), st.integers(1, 5) | st.none())
     def run(content, fmt, limit):
-        with case(fuzz, "any bytes"):
-            path = folder / "blob.dat"
-            path.write_bytes(content)
-            check_examples(path, read_any(path, format=fmt, limit=limit, require_label=fmt is not DataFormat.TEXT))
+        read_case(fuzz, "any bytes", folder / "blob.dat", content, format=fmt, limit=limit,
+                  require_label=fmt is not DataFormat.TEXT)
 
     run()
 
