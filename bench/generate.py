@@ -10,6 +10,8 @@ Parts (--part):
               ours-1    the engine, one prompt-tuning prompt (20 tokens) for all rows
               ours-16   16 prompts of mixed methods in one batch (prompt tuning, P-tuning (MLP),
                         prefix tuning, P-tuning v2, 20 tokens each, and a hard prompt)
+              ours-16-compiled  the same with the decoding step compiled by torch.compile (about a
+                        minute, once per batch size, in the untimed warm-up)
               plain     transformers generate, no prompt, the 16 rows in one call
               peft-1    PEFT prompt tuning (20 tokens), one adapter, the 16 rows in one call
               peft-16   16 PEFT prompt-tuning adapters, set_adapter per task, one call per row
@@ -130,9 +132,10 @@ def part_generate(a) -> dict:
     section = {"kind": "generation", "template": "Data: {text}\nDescription: {mask}", "max_new_tokens": a.new_tokens}
     params = SamplingParams(max_new_tokens=a.new_tokens, ignore_eos=True)
     engines = {}
-    for label, count in (("ours-1", 1), ("ours-16", a.rows)):
+    for label, count, compiled in (("ours-1", 1, False), ("ours-16", a.rows, False),
+                                   ("ours-16-compiled", a.rows, True)):
         units = our_units(base, count, section)
-        engine = Engine(base, max_batch_rows=a.rows, max_running=a.rows)
+        engine = Engine(base, max_batch_rows=a.rows, max_running=a.rows, compile_decoding=compiled)
         entries = register_units(engine, units)
         keys = [f"t{i % count}" for i in range(a.rows)]
         rows = [units[k].task.prepare(Example(mr)).prefix for k, mr in zip(keys, mrs)]
@@ -168,8 +171,8 @@ def part_generate(a) -> dict:
                 peft_many.set_adapter(f"t{i}")
                 peft_many.generate(**single, **settings)
 
-    sides = {"ours-1": lambda: ours("ours-1"), "ours-16": lambda: ours("ours-16"), "plain": plain,
-             "peft-1": peft_1, "peft-16": peft_16}
+    sides = {"ours-1": lambda: ours("ours-1"), "ours-16": lambda: ours("ours-16"),
+             "ours-16-compiled": lambda: ours("ours-16-compiled"), "plain": plain, "peft-1": peft_1, "peft-16": peft_16}
     work = a.rows * a.new_tokens
     medians = alternate(sides, a.repeats, work)
     for engine, _, _ in engines.values():
@@ -177,6 +180,7 @@ def part_generate(a) -> dict:
     rates = {k: work / v for k, v in medians.items()}
     return {"unit": "new tokens/s", "rates": rates, "seconds": medians,
             "ratios": {"ours-16 / plain": rates["ours-16"] / rates["plain"],
+                       "ours-16-compiled / plain": rates["ours-16-compiled"] / rates["plain"],
                        "ours-16 / peft-16": rates["ours-16"] / rates["peft-16"],
                        "ours-1 / plain": rates["ours-1"] / rates["plain"],
                        "ours-1 / peft-1": rates["ours-1"] / rates["peft-1"]}}

@@ -192,7 +192,7 @@ def generate(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example
     rows = [unit.task.prepare(e).prefix for e in examples]
     with Engine(loaded.base, max_batch_rows=32, max_running=64) as engine:
         entry = register_units(engine, {unit.key: unit})[unit.key]
-        handles = [engine.submit_generate(entry, row, params) for row in rows]
+        handles = engine.submit_generates([(entry, row, params) for row in rows])
         return [handle.result() for handle in handles]
 
 

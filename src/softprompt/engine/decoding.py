@@ -55,7 +55,8 @@ class SlotDecoder:
         self.lengths: list[int] = []  # entries written per slot
         self.positions: list[int] = []  # position of each slot's next token
         self.graphs_enabled = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
-        self.compile_enabled = self.graphs_enabled if compile is None else bool(compile) and self.graphs_enabled
+        # compiling costs minutes on a CPU, once per batch size: there it is asked for, on CUDA the default
+        self.compile_enabled = self.graphs_enabled if compile is None else bool(compile)
         self._graphs: dict[int, tuple] = {}
         pm.deep_support()
 
@@ -107,8 +108,8 @@ class SlotDecoder:
         width = max(self.lengths) + 1
         self._ensure(count, width)
         tokens = [row.token for row in self.owners]
-        if self.graphs_enabled:
-            logits = self._graph_step(count, tokens)
+        if self.graphs_enabled or self.compile_enabled:
+            logits = self._static_step(count, tokens)
         else:
             tokens, positions, write_at = torch.tensor([tokens, self.positions, self.lengths]).to(self.device)
             valid = torch.arange(width, device=self.device)[None, :] <= write_at[:, None]
@@ -118,26 +119,24 @@ class SlotDecoder:
         self.positions = [p + 1 for p in self.positions]
         return logits
 
-    def _graph_step(self, count: int, tokens: list[int]) -> torch.Tensor:
-        """A step replayed from a CUDA graph captured for the next power-of-two batch size; slots past
-        count are scratch (free slots) that the graph writes and nobody reads. With compile, the step
-        is first compiled by torch.compile (inductor fuses the many small kernels of a decoding step),
-        then captured."""
+    def _static_step(self, count: int, tokens: list[int]) -> torch.Tensor:
+        """A step over static shapes: the next power-of-two batch size and the buffers' whole length, so
+        torch.compile (inductor fuses the many small kernels of a step) compiles it once per batch size,
+        and on CUDA it is captured as a graph and replayed. Slots past count are scratch (free slots)
+        that the step writes and nobody reads."""
         bucket = 1 << (count - 1).bit_length()
         self._ensure(bucket, 1)
-        graph = self._graphs.get(bucket)
-        fresh = graph is None
-        if fresh:
-            entries = self.capacity[1]
+        ready = self._graphs.get(bucket)
+        if ready is None:
             statics = {
                 "tokens": torch.zeros(bucket, dtype=torch.long, device=self.device),
                 "positions": torch.zeros(bucket, dtype=torch.long, device=self.device),
                 "write_at": torch.zeros(bucket, dtype=torch.long, device=self.device),
-                "span": torch.arange(entries, device=self.device),
+                "span": torch.arange(self.capacity[1], device=self.device),
                 "rows": torch.arange(bucket, device=self.device),
             }
         else:
-            graph, statics, out = graph
+            run, statics, graph, out = ready
         pad = [0] * (bucket - count)
         inputs = torch.tensor([tokens + pad, self.positions + pad, self.lengths + pad]).to(self.device, non_blocking=True)
         statics["tokens"].copy_(inputs[0])
@@ -149,35 +148,42 @@ class SlotDecoder:
             view = SlotView(self.keys, self.values, statics["write_at"], valid, statics["rows"])
             return self.pm.slot_step(statics["tokens"], statics["positions"], view)
 
-        if fresh:
-            run = eager
+        if ready is None:
+            run, graph, out = eager, None, None
             if self.compile_enabled:
-                try:  # compiled at its first call, here, outside the capture
-                    run = torch.compile(eager, dynamic=False)
-                    run()
+                try:  # compiled at its first call, here (outside any capture); this call is the step itself
+                    compiled = torch.compile(eager, dynamic=False)
+                    out = compiled()
+                    run = compiled
                 except Exception as exc:
                     warnings.warn(f"torch.compile of the decoding step failed ({type(exc).__name__}: {exc}); "
                                   "decoding without it", RuntimeWarning, stacklevel=2)
                     self.compile_enabled = False
-                    run = eager
-            try:
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):  # warm-up runs compute this very step: same writes
-                    run()
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    out = run()
-                self._graphs[bucket] = (graph, statics, out)
-            except Exception as exc:  # a family whose forward syncs with the host cannot be captured
-                warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); decoding without graphs",
-                              RuntimeWarning, stacklevel=2)
-                self.graphs_enabled = False
-                self._graphs.clear()
-                return eager()[:count]
-        graph.replay()
-        return out[:count]
+            if self.graphs_enabled:
+                try:
+                    side = torch.cuda.Stream()
+                    side.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(side):  # warm-up runs compute this very step: the same writes
+                        run()
+                    torch.cuda.current_stream().wait_stream(side)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        out = run()
+                except Exception as exc:  # a family whose forward syncs with the host cannot be captured
+                    warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); decoding without "
+                                  "graphs", RuntimeWarning, stacklevel=2)
+                    self.graphs_enabled = False
+                    graph = None
+            if self.graphs_enabled or self.compile_enabled:
+                self._graphs[bucket] = (run, statics, graph, out)
+            if graph is not None:
+                graph.replay()
+                return out[:count]
+            return (out if out is not None else run())[:count]
+        if graph is not None:
+            graph.replay()
+            return out[:count]
+        return run()[:count]
 
     def reorder(self, indices: list[int], parents: list[int]) -> None:
         """Slots indices[j] continue from slot indices[parents[j]] (beam search)."""

@@ -285,28 +285,44 @@ class Engine:
     # ---- requests -------------------------------------------------------------------------------
     def submit_score(self, name: str | EnginePrompt, item) -> Future:
         """Class scores of a prepared item (its rows, read by the prompt's task): a Future of (n_labels,) logits."""
-        entry = self._entry(name)
-        rows = [tuple(r) for r in item.rows]
-        request = _Request(entry, rows, max(len(r) for r in rows), Future(), item=item)
-        self._put([request])
-        return request.future
+        return self.submit_scores([(name, item)])[0]
+
+    def submit_scores(self, requests: Sequence[tuple[str | EnginePrompt, object]]) -> list[Future]:
+        """submit_score for many (prompt, item) pairs queued at once: the passes they form, and so every
+        result to the last bit, do not depend on how fast they were submitted."""
+        queued = []
+        for name, item in requests:
+            rows = [tuple(r) for r in item.rows]
+            queued.append(_Request(self._entry(name), rows, max(len(r) for r in rows), Future(), item=item))
+        self._put(queued)
+        return [request.future for request in queued]
 
     def submit_generate(self, name: str | EnginePrompt, row: Sequence[int], params: SamplingParams | None = None, *,
                         stream: bool = False, on_delta: Callable[[str], None] | None = None,
                         choice: int = 0) -> GenerationHandle:
         """Generate after a row of token ids (virtual slots negative); stream=True makes the handle
         iterable over the text as it is decoded."""
-        entry = self._entry(name)
-        params = params or SamplingParams()
-        row = tuple(int(t) for t in row)
-        if not row:
-            raise DataError("generation needs at least one input token")
-        if self.max_positions is not None and len(row) >= self.max_positions:
-            raise DataError(f"input of {len(row)} tokens does not fit the model's {self.max_positions} positions")
-        handle = GenerationHandle(stream, on_delta)
-        request = _Request(entry, [row], len(row), handle.future, params=params, handle=handle, choice=choice)
-        self._put([request])
-        return handle
+        return self.submit_generates([(name, row, params)], stream=stream, on_delta=on_delta, choice=choice)[0]
+
+    def submit_generates(self, requests: Sequence[tuple[str | EnginePrompt, Sequence[int], SamplingParams | None]], *,
+                         stream: bool = False, on_delta: Callable[[str], None] | None = None,
+                         choice: int = 0) -> list[GenerationHandle]:
+        """submit_generate for many (prompt, row, params) queued at once (their passes do not depend on
+        how fast they were submitted)."""
+        queued, handles = [], []
+        for name, row, params in requests:
+            entry = self._entry(name)
+            params = params or SamplingParams()
+            row = tuple(int(t) for t in row)
+            if not row:
+                raise DataError("generation needs at least one input token")
+            if self.max_positions is not None and len(row) >= self.max_positions:
+                raise DataError(f"input of {len(row)} tokens does not fit the model's {self.max_positions} positions")
+            handle = GenerationHandle(stream, on_delta)
+            queued.append(_Request(entry, [row], len(row), handle.future, params=params, handle=handle, choice=choice))
+            handles.append(handle)
+        self._put(queued)
+        return handles
 
     def _put(self, requests: list[_Request]) -> None:
         with self._lock:

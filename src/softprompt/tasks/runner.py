@@ -168,11 +168,17 @@ def predict_logits(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared:
     try:
         with Engine(pm, max_batch_rows=batch_size * per_item) as engine:
             entries = register_units(engine, units)
-            futures = [(i, engine.submit_score(entries[prepared[i].key], prepared[i].item)) for i in order]
-            for i, future in futures:
-                out[i] = future.result()
-                if progress is not None:
-                    progress(1)
+            futures = list(zip(order, engine.submit_scores([(entries[prepared[i].key], prepared[i].item)
+                                                            for i in order])))
+            try:
+                for i, future in futures:
+                    out[i] = future.result()
+                    if progress is not None:
+                        progress(1)
+            except BaseException:  # an error or Ctrl-C: the rest is not computed
+                for _, future in futures:
+                    future.cancel()
+                raise
     finally:
         if bar is not None:
             bar.close()
@@ -198,9 +204,15 @@ def generate_texts(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared:
     texts: list[str] = [""] * len(prepared)
     with Engine(pm, max_batch_rows=batch_size * beams, max_running=batch_size * beams) as engine:
         entries = register_units(engine, units)
-        handles = [(i, engine.submit_generate(entries[prepared[i].key], prepared[i].item.prefix,
-                                              sampling_of(units[prepared[i].key].task))) for i in order]
-        for i, handle in tqdm(handles, desc="generate", unit="ex", leave=False,
-                              disable=None if len(handles) > batch_size else True):
-            texts[i] = handle.result().text.strip()
+        handles = list(zip(order, engine.submit_generates(
+            [(entries[prepared[i].key], prepared[i].item.prefix, sampling_of(units[prepared[i].key].task))
+             for i in order])))
+        try:
+            for i, handle in tqdm(handles, desc="generate", unit="ex", leave=False,
+                                  disable=None if len(handles) > batch_size else True):
+                texts[i] = handle.result().text.strip()
+        except BaseException:  # an error or Ctrl-C: the rest is not decoded
+            for _, handle in handles:
+                handle.cancel()
+            raise
     return texts
