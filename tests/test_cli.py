@@ -134,3 +134,17 @@ def test_sweep_command_prints_the_table(tmp_path):
     out = sp("sweep", path, "--lr", "0.05", "--lr", "0.2", "--length", "2", "--min-steps", "2", "--rungs", "1")
     assert out.returncode == 0, out.stderr
     assert "| lr | length | 2 steps |" in out.stdout and "best: lr" in out.stdout
+
+
+def test_a_full_disk_while_writing_run_files_is_one_error_line(tmp_path, monkeypatch):
+    import errno
+
+    from softprompt import api
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "metrics.json"))
+
+    monkeypatch.setattr(api, "train", full)
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "any.yaml")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: cannot write {tmp_path / 'run' / 'metrics.json'}: No space left on device"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import typer
@@ -28,6 +29,11 @@ def _run(fn, *args, **kwargs):
         if _STATE["debug"]:
             raise
         _fail(str(exc))
+    except OSError as exc:
+        # a full or read-only disk while writing run files (config, history, metrics): one line, not a traceback
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or _STATE["debug"]:
+            raise
+        _fail(f"cannot write {exc.filename or 'a file'}: {exc.strerror}")
     except KeyboardInterrupt:
         typer.echo("interrupted: the last finished step is checkpointed; run again with --resume", err=True)
         raise typer.Exit(130)

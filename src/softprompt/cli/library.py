@@ -134,7 +134,8 @@ def library_check(
         typer.echo(f"rebuilt the index from {_run(lib.rebuild)} stored files")
     report = _run(lib.check, repair=repair)
     for label, items in (("missing file", report.missing_files), ("changed file", report.bad_hashes),
-                         ("file without index row", report.orphan_files), ("temporary file", report.temp_files)):
+                         ("file without index row", report.orphan_files), ("temporary file", report.temp_files),
+                         ("link or path outside the store", getattr(report, "unsafe_paths", []))):
         for item in items:
             typer.echo(f"{label}: {item}{' (repaired)' if repair and label != 'changed file' else ''}")
     typer.echo(f"{report.entries} entries; {'consistent' if report.ok else 'repaired' if repair else 'problems found'}")
