@@ -150,7 +150,7 @@ def create_app(registry: PromptRegistry, settings: ServeSettings | None = None) 
         deadline = time.monotonic() + settings.timeout
         try:
             while True:
-                done, _ = await asyncio.wait({gathered}, timeout=0.2)
+                done, _ = await asyncio.wait({gathered}, timeout=0.5)
                 if done:
                     return gathered.result()
                 if await request.is_disconnected():
