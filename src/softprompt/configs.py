@@ -166,6 +166,16 @@ class DataConfig:
     skip_empty: bool = False  # skip rows whose text is empty (CR has four) instead of stopping there
 
 
+class Sampling(str, enum.Enum):
+    """How training batches are drawn."""
+
+    SHUFFLE = "shuffle"  # each epoch a seeded permutation of the training examples
+    BALANCED = "balanced"  # every class equally often (small classes repeat, large ones are sub-sampled)
+
+
+CLASS_WEIGHT_CHOICES = ("none", "balanced")
+
+
 @dataclass
 class TrainingConfig:
     """The optimisation loop."""
@@ -179,6 +189,7 @@ class TrainingConfig:
     warmup: float = 0.06  # fraction of steps (< 1) or a number of steps (>= 1)
     max_grad_norm: float = 1.0
     eval_every: int = 50  # steps between dev evaluations (the best prompt is kept)
+    eval_start: bool = True  # also score the starting prompt (step 0), and keep it when nothing later beats it
     patience: int | None = None  # stop after this many evaluations without improvement
     metric: str = "auto"  # dev metric that picks the best prompt; auto: accuracy, or span F1 for token labelling
     seed: int = 0
@@ -190,6 +201,10 @@ class TrainingConfig:
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory, ~30% slower
     model_dropout: bool = False  # the frozen base's own dropout on while training (as P-tuning v2's and PEFT's loops); never in evaluation
     log_every: int = 10
+    # Uneven classes (classification): weight each class's loss (none | balanced: n / (classes x count),
+    # as scikit-learn's class_weight='balanced' | {label: weight}), and/or draw batches class-balanced.
+    class_weights: str | dict[str, float] | None = None
+    sampling: Sampling = Sampling.SHUFFLE  # shuffle | balanced
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_batch_size", "eval_every", "log_every", "keep_checkpoints",
@@ -203,8 +218,29 @@ class TrainingConfig:
                 raise ConfigError(f"training.{name}={getattr(self, name)!r} must be > 0")
         if self.padding_side not in ("left", "right"):
             raise ConfigError(f"training.padding_side={self.padding_side!r} is not one of: left, right")
+        coerce_enum(self, "sampling", Sampling, "training")
+        if self.sampling is Sampling.BALANCED and self.group_by_length:
+            raise ConfigError("training.sampling='balanced' and training.group_by_length=true do not combine: "
+                              "choose one")
+        self._check_class_weights()
         if self.warmup < 0:
             raise ConfigError(f"training.warmup={self.warmup!r} must be >= 0")
+
+    def _check_class_weights(self) -> None:
+        weights = self.class_weights
+        if weights is None or (isinstance(weights, str) and weights in CLASS_WEIGHT_CHOICES):
+            return
+        if isinstance(weights, Mapping) and weights:
+            bad = {k: v for k, v in weights.items()
+                   if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0}
+            if bad:
+                raise ConfigError(f"training.class_weights: weights must be numbers >= 0, got {bad!r}")
+            if not sum(weights.values()) > 0:
+                raise ConfigError("training.class_weights: at least one weight must be > 0")
+            self.class_weights = {str(k): float(v) for k, v in weights.items()}
+            return
+        raise ConfigError(f"training.class_weights={weights!r} is not one of: none, balanced, or a mapping "
+                          "label -> weight (e.g. {spam: 3, ham: 1})")
 
     @property
     def warmup_steps(self) -> int:

@@ -308,6 +308,8 @@ class ClassificationTask(nn.Module):
         """Word scores read where the words are predicted: after the prompt (causal LM) or at the
         mask tokens (masked LM)."""
         masked = self.info.kind is ModelKind.ENCODER
+        # one host copy per batch, not one device read per row
+        first, last = batch.first_index.tolist(), batch.last_index.tolist()
         positions: list[tuple[int, int]] = []
         tokens: list[int] = []
         spans = []
@@ -320,9 +322,9 @@ class ClassificationTask(nn.Module):
                     for r, token, where in word:
                         batch_row = rows[r]
                         if masked:  # where: from the row's first entry
-                            positions.append((batch_row, int(batch.first_index[batch_row]) + where))
+                            positions.append((batch_row, first[batch_row] + where))
                         else:  # where: tokens back from the row's last entry
-                            positions.append((batch_row, int(batch.last_index[batch_row]) - where))
+                            positions.append((batch_row, last[batch_row] - where))
                         tokens.append(token)
                     per_word.append((lo, len(tokens)))
                 per_label.append(per_word)
@@ -378,11 +380,17 @@ class ClassificationTask(nn.Module):
         """How many terms the batch loss averages over (one per example)."""
         return len(items)
 
+    # Per-class loss weights (training.class_weights), set by training; None: every example counts once.
+    # A plain attribute, not a buffer: it belongs to the run, not to the prompt or its checkpoints.
+    class_weights: torch.Tensor | None = None
+
     def loss_sum(self, outputs, items) -> torch.Tensor:
-        """Summed cross-entropy of the class logits against the gold labels."""
+        """Summed cross-entropy of the class logits against the gold labels (weighted per class
+        when class_weights is set)."""
         logits = torch.stack(list(outputs)).float()
         target = torch.tensor([item.label for item in items], device=logits.device)
-        return nn.functional.cross_entropy(logits, target, reduction="sum")
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        return nn.functional.cross_entropy(logits, target, weight=weight, reduction="sum")
 
     def metrics(self, outputs, items, examples) -> dict:
         """Accuracy, macro-F1 and the per-class report."""
@@ -401,6 +409,29 @@ class ClassificationTask(nn.Module):
     def load_export(self, tensors: Mapping[str, torch.Tensor]) -> None:
         if self.head is not None:
             self.head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
+
+
+def class_weight_tensor(spec: str | Mapping[str, float] | None, labels: Sequence[str],
+                        train_labels: Sequence[int]) -> torch.Tensor | None:
+    """The loss weight of each label (in label order) that training.class_weights asks for, or None.
+
+    'balanced' gives n / (n_classes * count) as scikit-learn's class_weight='balanced' does, so the
+    weights average 1 over the training examples and the loss keeps its scale; a mapping gives each
+    named label its weight (labels left out weigh 1)."""
+    if spec is None or spec == "none":
+        return None
+    if spec == "balanced":
+        counts = torch.bincount(torch.tensor(list(train_labels), dtype=torch.long), minlength=len(labels)).float()
+        missing = [labels[i] for i in range(len(labels)) if counts[i] == 0]
+        if missing:
+            raise ConfigError(f"training.class_weights='balanced': the training data has no example of label(s) "
+                              f"{missing}; give explicit weights instead")
+        return len(train_labels) / (len(labels) * counts)
+    unknown = sorted(set(spec) - set(labels))
+    if unknown:
+        raise ConfigError(f"training.class_weights names label(s) {unknown} that the task does not have "
+                          f"(labels: {', '.join(labels)})")
+    return torch.tensor([float(spec.get(label, 1.0)) for label in labels])
 
 
 def with_demonstrations(template, demonstrations: Sequence, config: ClassificationConfig, tokenizer,

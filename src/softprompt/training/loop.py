@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from ..configs import TrainingConfig
+from ..configs import Sampling, TrainingConfig
 from ..core import PromptArtifact, PromptedModel
 from ..tasks.runner import Prepared, TaskPrompt, class_logits, export_unit
 from .state import checkpoint_dir, latest_checkpoint, load_training_state, prune_checkpoints, save_training_state
@@ -32,6 +32,7 @@ class FitResult:
     train_seconds: float = 0.0
     samples_per_second: float = 0.0
     stopped_early: bool = False
+    kept_start: bool = False  # no evaluation after step 0 beat the starting prompt, so it was kept
 
 
 def batch_order(n_items: int, batch_size: int, step: int, seed: int, lengths: Sequence[int] | None = None,
@@ -59,6 +60,36 @@ def batch_order(n_items: int, batch_size: int, step: int, seed: int, lengths: Se
         shuffle = torch.randperm(per_epoch, generator=generator).tolist()
         return batches[shuffle[index]]
     return perm[index * batch_size : (index + 1) * batch_size]
+
+
+def balanced_batch_order(labels: Sequence[int], batch_size: int, step: int, seed: int) -> list[int]:
+    """The item indices of a step's batch when every class is drawn equally often; like batch_order a
+    function of (seed, step) alone, so a resumed run sees the same batches.
+
+    Laid end to end, the batches of all steps cycle through the classes, each cycle in a seeded
+    order; a class's k-th turn takes the next item of its own seeded permutations (a fresh one each
+    time its items run out), so items of small classes repeat and those of large ones are sub-sampled.
+    """
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    classes = sorted(by_class)
+    permutations: dict[tuple[int, int], list[int]] = {}
+
+    def permutation(key: tuple[int, int], n: int) -> list[int]:  # key: (kind, number) seeds one permutation
+        if key not in permutations:
+            generator = torch.Generator().manual_seed((seed * 1_000_003 + key[1]) * 1_009 + key[0])
+            permutations[key] = torch.randperm(n, generator=generator).tolist()
+        return permutations[key]
+
+    batch = []
+    for position in range(step * batch_size, (step + 1) * batch_size):
+        cycle, slot = divmod(position, len(classes))
+        c = classes[permutation((0, cycle), len(classes))[slot]]
+        members = by_class[c]
+        epoch, k = divmod(cycle, len(members))
+        batch.append(members[permutation((1 + c, epoch), len(members))[k]])
+    return batch
 
 
 def micro_batches(idx: Sequence[int], lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -178,6 +209,14 @@ def fit(
     writer = _tensorboard(run_dir)
     task = unit.task
     lengths = [sum(len(r) for r in p.item.rows) for p in train_items]
+    balanced = config.sampling is Sampling.BALANCED
+    if balanced:
+        labels = [getattr(p.item, "label", None) for p in train_items]
+        if any(not isinstance(label, int) for label in labels):
+            from ..errors import ConfigError
+
+            raise ConfigError("training.sampling='balanced' needs one class label per training example "
+                              "(classification); use sampling='shuffle' for this task")
     started = time.perf_counter()
     seen = 0
     eval_seconds = 0.0  # excluded from training time and speed
@@ -189,10 +228,45 @@ def fit(
         set_checkpointing(pm.model, True)
     if config.model_dropout:
         pm.model.train()  # its dropout layers; evaluation switches them off again
+
+    def run_evaluation() -> None:
+        """Score the prompt as it is now on dev, log it, and keep it when it beats every earlier score."""
+        nonlocal best_tensors, eval_seconds
+        unit.eval()
+        if config.model_dropout:
+            pm.model.eval()  # no dropout, and no checkpointing either (no gradients here)
+        eval_started = time.perf_counter()
+        scores = evaluate()
+        eval_seconds += time.perf_counter() - eval_started
+        unit.train()
+        if config.model_dropout:
+            pm.model.train()
+        history.append({"step": step, **{k: v for k, v in scores.items() if isinstance(v, (int, float))}})
+        if writer:
+            for k, v in scores.items():
+                if isinstance(v, (int, float)):
+                    writer.add_scalar(f"dev/{k}", v, step)
+        value = scores[metric]
+        # Strictly better only: on a tie the earlier prompt stays (the start, when nothing beat it).
+        if best["metric"] is None or value > best["metric"]:
+            best.update(metric=value, step=step, bad_evals=0)
+            best_tensors = export_unit(unit)
+            PromptArtifact(best_tensors, {"method": "checkpoint-best", "step": step}).save(best_path)
+        else:
+            best["bad_evals"] += 1
+        say(f"step {step}: dev {metric} {value:.4f} (best {best['metric']:.4f} at step {best['step']})")
+
     try:
+        if evaluate is not None and step == 0 and config.eval_start:
+            # The starting prompt is a candidate like any other: a run that only makes it worse
+            # (a learning rate past the edge of stability) gives it back instead of the damage.
+            run_evaluation()
         while step < config.steps:
-            idx = batch_order(len(train_items), config.batch_size, step, config.seed,
-                              lengths if config.group_by_length else None)
+            if balanced:
+                idx = balanced_batch_order(labels, config.batch_size, step, config.seed)
+            else:
+                idx = batch_order(len(train_items), config.batch_size, step, config.seed,
+                                  lengths if config.group_by_length else None)
             optimizer.zero_grad(set_to_none=True)
             loss_value = 0.0
             total = max(1, task.loss_count([train_items[i].item for i in idx]))
@@ -223,28 +297,7 @@ def fit(
                     writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
                 running = []
             if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
-                unit.eval()
-                if config.model_dropout:
-                    pm.model.eval()  # no dropout, and no checkpointing either (no gradients here)
-                eval_started = time.perf_counter()
-                scores = evaluate()
-                eval_seconds += time.perf_counter() - eval_started
-                unit.train()
-                if config.model_dropout:
-                    pm.model.train()
-                history.append({"step": step, **{k: v for k, v in scores.items() if isinstance(v, (int, float))}})
-                if writer:
-                    for k, v in scores.items():
-                        if isinstance(v, (int, float)):
-                            writer.add_scalar(f"dev/{k}", v, step)
-                value = scores[metric]
-                if best["metric"] is None or value > best["metric"]:
-                    best.update(metric=value, step=step, bad_evals=0)
-                    best_tensors = export_unit(unit)
-                    PromptArtifact(best_tensors, {"method": "checkpoint-best", "step": step}).save(best_path)
-                else:
-                    best["bad_evals"] += 1
-                say(f"step {step}: dev {metric} {value:.4f} (best {best['metric']:.4f} at step {best['step']})")
+                run_evaluation()
                 if config.patience is not None and best["bad_evals"] >= config.patience:
                     stopped_early = True
             if step % checkpoint_every == 0 or step == config.steps or stopped_early:
@@ -269,6 +322,9 @@ def fit(
     elapsed = time.perf_counter() - started - eval_seconds
     if evaluate is None:
         best_tensors = export_unit(unit)
+    kept_start = evaluate is not None and step > 0 and best["step"] == 0
+    if kept_start:
+        say(f"no evaluation beat the starting prompt (dev {metric} {best['metric']:.4f} at step 0): keeping it")
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     try:
         _plot(history, run_dir / "training.png", metric)
@@ -283,6 +339,7 @@ def fit(
         train_seconds=elapsed,
         samples_per_second=seen / elapsed if elapsed > 0 else 0.0,
         stopped_early=stopped_early,
+        kept_start=kept_start,
     )
 
 

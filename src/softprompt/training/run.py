@@ -31,7 +31,7 @@ from ..methods import get_method
 from ..methods.base import default_lr
 from ..methods.deep_common import check_deep_tensors
 from ..models import BaseModel, load_base
-from ..tasks.classification import ClassificationConfig, ClassificationTask
+from ..tasks.classification import ClassificationConfig, ClassificationTask, class_weight_tensor
 from ..tasks.conll import TokenExample, read_token_examples
 from ..tasks.generation import GenerationConfig, GenerationTask
 from ..tasks.metrics import format_report
@@ -143,6 +143,7 @@ class TrainResult:
     samples_per_second: float
     trainable_parameters: int
     history: list[dict] = field(default_factory=list)
+    kept_start: bool = False  # no evaluation beat the starting prompt (step 0), so the artifact holds it
 
 
 def evaluate_items(pm, unit, items, examples, batch_size, padding_side) -> dict:
@@ -217,6 +218,12 @@ def train(
     pm = PromptedModel(base)
     train_items = prepare(task, unit.key, train_examples)
     dev_items = prepare(task, unit.key, dev_examples)
+    if config.training.class_weights not in (None, "none"):
+        if kind != "classification":
+            raise ConfigError(f"training.class_weights weighs classes of a classification task; task.kind={kind!r} "
+                              "has none")
+        task.class_weights = class_weight_tensor(config.training.class_weights, labels,
+                                                 [p.item.label for p in train_items])
     trainable = sum(p.numel() for p in unit.parameters() if p.requires_grad)
     run_dir = config.run_dir
     log(
@@ -248,6 +255,7 @@ def train(
             "num_layers": base.info.num_layers,
         },
         "training": {**to_dict(t), "best_step": result.best_step, "steps_done": result.steps_done,
+                     "kept_start": result.kept_start,
                      "train_seconds": round(result.train_seconds, 1),
                      "samples_per_second": round(result.samples_per_second, 2)},
         "softprompt_version": __version__,
@@ -269,8 +277,12 @@ def train(
         metrics["test"] = evaluate_items(pm, loaded.unit, test_items, test_examples, t.eval_batch_size, t.padding_side)
     artifact.meta["metrics"] = {split: {k: v for k, v in m.items() if k != "per_class"} for split, m in metrics.items()}
     artifact.save(path)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    log(f"saved {path} ({path.stat().st_size:,} bytes)")
+    # Beside the splits: which evaluation the artifact comes from, and whether training improved on the start.
+    (run_dir / "metrics.json").write_text(json.dumps(
+        {**metrics, "best_step": result.best_step, "kept_start": result.kept_start}, indent=1))
+    kept = (f": the starting prompt, since no evaluation in {result.steps_done} steps beat it (training.lr={t.lr:g}; "
+            "try a lower one, or `softprompt sweep`)") if result.kept_start else ""
+    log(f"saved {path} ({path.stat().st_size:,} bytes){kept}")
     return TrainResult(
         artifact=path,
         run_dir=run_dir,
@@ -281,6 +293,7 @@ def train(
         samples_per_second=result.samples_per_second,
         trainable_parameters=trainable,
         history=result.history,
+        kept_start=result.kept_start,
     )
 
 

@@ -84,8 +84,8 @@ def task_embedding(config, *, steps: int = 30, overrides: Sequence[str] = (), ba
 
     config = load_run_config(config, overrides)
     out = Path(output) if output is not None else config.run_dir / "task-embedding"
-    run = train(config, [f"training.steps={steps}", f"training.eval_every={steps}", f"output={out}"],
-                    base=base, progress=False, log=lambda _: None)
+    run = train(config, [f"training.steps={steps}", f"training.eval_every={steps}", "training.eval_start=false",
+                         f"output={out}"], base=base, progress=False, log=lambda _: None)  # the trained prompt, never the start
     return PromptArtifact.load(run.artifact)
 
 
