@@ -10,14 +10,20 @@
    SPoT best-of-top-k, weighted average and multitask mixture (sources: the other tasks); mean, std
    and the convergence history of every run
 
-With --ppt (issue 5, item 6) it runs PPT instead: one prompt pre-trained on self-supervised tasks from
-CoNLL-2003 running text (3-class sentence pair and next-sentence multiple choice, unified format),
-then 16/32-shot SST-2, MR, CR, SUBJ and TREC from vocab init (vanilla) and from the PPT prompt, each
-with the task's own template and with the unified multiple-choice template; averages over tasks.
+With --ppt (issue 5, item 6; issue 16, item 4) it runs PPT instead: one prompt pre-trained on
+self-supervised tasks in one format (--ppt-format): `unified` (3-class sentence pair and
+next-sentence multiple choice from CoNLL-2003 articles, lettered options), `pair` (the sentence
+pairs answered yes / maybe / no) or `single` (single sentences pseudo-labelled terrible ... great
+by the frozen model: CoNLL, E2E references and the targets' training texts, their labels dropped,
+their dev rows never used); then 16/32-shot SST-2, MR, CR, SUBJ and TREC from vocab init (vanilla)
+and from the PPT prompt, with the task's own template (vanilla, ppt), the unified template
+(vanilla_unified, ppt_unified) or the single-sentence template with the task's words
+(vanilla_single, ppt_single); averages over tasks.
 
     OMP_NUM_THREADS=1 taskset -c 1 python bench/transfer_experiment.py --out bench/results/transfer_experiment.json
     python bench/transfer_experiment.py --smoke   # minutes: tiny budgets, checks the pipeline end to end
     OMP_NUM_THREADS=1 taskset -c 1 python bench/transfer_experiment.py --ppt --out bench/results/ppt_experiment.json
+    OMP_NUM_THREADS=1 python bench/transfer_experiment.py --ppt --ppt-format single --ppt-kinds vanilla,vanilla_single,ppt_single ...
     python bench/transfer_experiment.py --ppt --smoke
 """
 
@@ -201,12 +207,17 @@ def main():
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--smoke", action="store_true", help="tiny budgets: check the pipeline only")
     p.add_argument("--ppt", action="store_true", help="the PPT experiment (item 6) instead of SPoT/TPT")
-    p.add_argument("--ppt-text", type=Path, default=SHARED / "conll2003" / "train.txt")
+    p.add_argument("--ppt-text", type=Path, nargs="+",
+                   default=[SHARED / "conll2003" / f"{split}.txt" for split in ("train", "dev", "test")])
+    p.add_argument("--ppt-format", choices=("unified", "pair", "single"), default="unified")
     p.add_argument("--ppt-steps", type=int, default=400)
     p.add_argument("--ppt-examples", type=int, default=4000)
+    p.add_argument("--ppt-lr", type=float, default=None, help="pre-training learning rate (default: --lr)")
+    p.add_argument("--ppt-batch", type=int, default=None, help="pre-training batch size (default: --batch)")
+    p.add_argument("--ppt-only", action="store_true", help="pre-train (or reuse) the PPT prompt and stop")
     p.add_argument("--ppt-targets", default="sst2,mr,cr,subj,trec")
     p.add_argument("--ppt-kinds", default="vanilla,ppt,vanilla_unified,ppt_unified",
-                   help="initialisation x template combinations to run per target")
+                   help="initialisation x template combinations to run per target (also vanilla_single, ppt_single)")
     a = p.parse_args()
     if a.ppt and a.smoke:
         a.ppt_steps, a.ppt_examples, a.target_steps, a.n_dev, a.seeds, a.shots = 3, 60, 3, 16, "0", "16"
@@ -297,30 +308,58 @@ def main():
     print(f"wrote {a.out} in {result['wall_seconds']} s")
 
 
+def single_sentences(files, targets) -> list[str]:
+    """Unlabelled single sentences for the single-sentence format: E2E references and the targets'
+    training texts (labels dropped; dev rows are in other files and never used)."""
+    import csv
+
+    texts = []
+    for name in targets:
+        texts += [json.loads(line)["text"] for line in Path(files[name]["train"]).read_text().splitlines()]
+    with (SHARED / "e2e" / "devset.csv").open(encoding="utf-8") as h:
+        texts += [row["ref"] for row in csv.DictReader(h)]
+    return texts
+
+
 def run_ppt(a, base, files, started):
     """PPT: pre-train once on running text, then few-shot targets from vocab init and from the PPT prompt."""
-    from softprompt.transfer import init_overrides, pretrain_prompt, unified_task
+    from softprompt.transfer import init_overrides, pretrain_prompt, read_corpus, single_task, unified_task
 
     t0 = time.time()
-    ppt = a.work / "ppt" / "prompt.safetensors"
-    if not (a.reuse and (a.work / "ppt" / "metrics.json").exists()):
-        ppt = pretrain_prompt({"name": a.model, "device": "cpu"}, a.ppt_text, a.work / "ppt", steps=a.ppt_steps,
-                          n_examples=a.ppt_examples, num_virtual_tokens=a.tokens, lr=a.lr, batch_size=a.batch,
-                              base=base, log=lambda _: None, overrides=["data.max_dev=200"])
+    folder = a.work / ("ppt" if a.ppt_format == "unified" else f"ppt-{a.ppt_format}")
+    ppt = folder / "prompt.safetensors"
+    if not (a.reuse and (folder / "metrics.json").exists()):
+        sentences = None
+        if a.ppt_format == "single":
+            corpus = read_corpus(a.ppt_text)
+            sentences = [t for d in corpus.documents for t in d] + single_sentences(files, a.ppt_targets.split(","))
+        ppt = pretrain_prompt({"name": a.model, "device": "cpu"}, a.ppt_text, folder, steps=a.ppt_steps,
+                              n_examples=a.ppt_examples, num_virtual_tokens=a.tokens, lr=a.ppt_lr or a.lr,
+                              batch_size=a.ppt_batch or a.batch, format=a.ppt_format, sentences=sentences,
+                              max_length=160, base=base, log=lambda line: print(line, flush=True),
+                              overrides=["data.max_dev=300", f"training.eval_every={max(1, a.ppt_steps // 5)}"])
     from softprompt.core import PromptArtifact
 
     meta = PromptArtifact.load(ppt).meta
+    history = json.loads((folder / "history.json").read_text()) if (folder / "history.json").exists() else []
     result = {"machine": machine(), "args": {k: str(v) for k, v in vars(a).items()},
-              "ppt": {"artifact": str(ppt), "dev": meta.get("metrics", {}).get("dev"),
-                      "seconds": round(time.time() - t0)}, "few_shot": {}}
-    print(f"ppt prompt: dev {meta.get('metrics', {}).get('dev')} ({result['ppt']['seconds']} s) -> {ppt}", flush=True)
+              "ppt": {"artifact": str(ppt), "format": a.ppt_format, "dev": meta.get("metrics", {}).get("dev"),
+                      "history": history, "seconds": round(time.time() - t0)}, "few_shot": {}}
+    print(f"ppt prompt ({a.ppt_format}): dev {meta.get('metrics', {}).get('dev')} ({result['ppt']['seconds']} s) -> {ppt}",
+          flush=True)
+    if a.ppt_only:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(result, indent=1))
+        return
     for target in a.ppt_targets.split(","):
         unified = {**unified_task(TASKS[target]["words"], QUESTIONS[target], max_length=160)}
+        single = single_task(TASKS[target]["words"], max_length=160)
         for shots in map(int, a.shots.split(",")):
             rows = {}
             for seed in map(int, a.seeds.split(",")):
                 inits = {"vanilla": ([], None), "ppt": (init_overrides([ppt]), None),
-                         "vanilla_unified": ([], unified), "ppt_unified": (init_overrides([ppt]), unified)}
+                         "vanilla_unified": ([], unified), "ppt_unified": (init_overrides([ppt]), unified),
+                         "vanilla_single": ([], single), "ppt_single": (init_overrides([ppt]), single)}
                 for kind in a.ppt_kinds.split(","):
                     overrides, task = inits[kind]
                     few_shot_run(a, base, files, rows, "ppt-few", target, shots, seed, kind, overrides, task)

@@ -116,3 +116,64 @@ def test_pretrained_prompt_starts_a_downstream_run(tmp_path):
     config["task"] = {**unified_task({"negative": "bad", "positive": "good"}, "How is it?"), "max_length": 64}
     run = api.train(config, init_overrides([path]), base=base, progress=False, log=lambda _: None)
     assert PromptArtifact.load(run.artifact).meta["method_config"]["init_from"] == [str(path)]
+
+
+def test_news_datelines_open_documents_with_their_headline(tmp_path):
+    """CoNLL copies without -DOCSTART- keep each article's headline, byline and dateline: an article
+    starts at the headline before its dateline, and no windows are cut."""
+    article = ("{head} B-ORG\nsays O\nit O\nwill O\nwin O\n. O\n\nPeter B-PER\nSmith I-PER\n\n{city} B-LOC\n1996-08-22 O\n\n"
+               "The O\n{head} B-ORG\nteam O\nplayed O\nwell O\n. O\n\nIt O\nwas O\na O\ngood O\nday O\n. O\n\n")
+    path = tmp_path / "news.txt"
+    path.write_text("".join(article.format(head=h, city=c) for h, c in (("Acme", "LONDON"), ("Bolt", "NEW YORK"))))
+    corpus = read_corpus(path)
+    assert not corpus.windowed
+    assert corpus.documents == (("Acme says it will win.", "The Acme team played well.", "It was a good day."),
+                                ("Bolt says it will win.", "The Bolt team played well.", "It was a good day."))
+    pooled = read_corpus([path, path])
+    assert len(pooled.documents) == 4
+
+
+def test_pair_and_single_formats_answer_with_words(tmp_path):
+    from softprompt.transfer.ppt import PAIR_WORDS, pair_task, single_task
+
+    pair = pair_task({"entailment": "yes", "not_entailment": "no"})
+    assert pair["pair"] and pair["template"].endswith("Answer: {mask}") and pair["verbalizer"]["entailment"] == "yes"
+    assert set(PAIR_WORDS.values()) == {"yes", "maybe", "no"}
+    single = single_task({"0": "bad", "1": "good"})
+    assert single["template"] == "{text} It was {mask}" and single["labels"] == ["0", "1"]
+    with pytest.raises(ConfigError, match="at least two labels"):
+        single_task({"0": "bad"})
+
+
+def test_pseudo_labels_come_from_the_model_balanced_over_words(tmp_path):
+    from softprompt.transfer.ppt import SINGLE_WORDS, pseudo_labelled
+
+    base = api.load_model(save_tiny("gpt2", tmp_path / "tiny-gpt2"))
+    sentences = [f"{a} {b} {c}" for a in WORDS[:6] for b in WORDS[6:12] for c in WORDS[12:]]
+    labelled = pseudo_labelled(base, sentences, 40, seed=1)
+    counts = collections.Counter(e.label for e in labelled)
+    assert set(counts) <= set(SINGLE_WORDS) and max(counts.values()) <= 40 // len(SINGLE_WORDS)
+    assert len({e.text for e in labelled}) == len(labelled) and {e.text for e in labelled} <= set(sentences)
+    assert labelled == pseudo_labelled(base, sentences, 40, seed=1)
+
+
+@pytest.mark.parametrize("fmt,labels", [("pair", ["next", "same_document", "random"]),
+                                        ("single", ["terrible", "bad", "okay", "good", "great"])])
+def test_pretraining_in_a_word_format_starts_a_task_in_that_format(tmp_path, fmt, labels):
+    from softprompt.transfer.ppt import pair_task, single_task
+
+    model = save_tiny("gpt2", tmp_path / "tiny-gpt2")
+    base = api.load_model(model)
+    path = pretrain_prompt(model, write_text(tmp_path / "t.txt"), tmp_path / "ppt", steps=2, n_examples=30,
+                           num_virtual_tokens=4, batch_size=4, base=base, format=fmt, log=lambda _: None)
+    art = PromptArtifact.load(path)
+    assert art.meta["transfer"]["format"] == fmt and art.meta["task"]["labels"] == labels
+    config = run_config(tmp_path, steps=1, eval_every=1)
+    words = {"negative": "bad", "positive": "good"}
+    config["task"] = {**(pair_task(words) if fmt == "pair" else single_task(words)), "max_length": 64}
+    if fmt == "pair":
+        config["data"]["text_b_field"] = "text"  # the toy data has one text: pair it with itself
+    run = api.train(config, init_overrides([path]), base=base, progress=False, log=lambda _: None)
+    assert PromptArtifact.load(run.artifact).meta["task"]["template"] == config["task"]["template"]
+    with pytest.raises(ConfigError, match="format='letters' is not one of: unified, pair, single"):
+        pretrain_prompt(model, tmp_path / "t.txt", tmp_path / "x", format="letters", base=base)

@@ -42,6 +42,9 @@ def ppt_pretrain(
     model: Annotated[str, typer.Argument(help="Base model: a name (smollm2-135m), HF id or local directory.")],
     text: Annotated[Path, typer.Argument(help="Running text: one sentence per line, or CoNLL token lines.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory; the prompt goes to OUT/prompt.safetensors.")],
+    format: Annotated[str, typer.Option("--format", help="unified (lettered options), pair (answers yes / maybe / "
+                                                         "no) or single (pseudo-labelled terrible ... great): "
+                                                         "pre-train in the format the downstream task uses.")] = "unified",
     steps: Annotated[int, typer.Option(help="Training steps.")] = 200,
     examples: Annotated[int, typer.Option(help="Self-supervised examples to generate.")] = 2000,
     tokens: Annotated[int, typer.Option(help="Virtual tokens (downstream runs must use the same number).")] = 20,
@@ -57,7 +60,7 @@ def ppt_pretrain(
     from ..transfer.ppt import pretrain_prompt
     from ..transfer.spot import init_overrides
 
-    path = _run(pretrain_prompt, model, text, out, steps=steps, n_examples=examples, tasks=_tasks(tasks),
+    path = _run(pretrain_prompt, model, text, out, format=format, steps=steps, n_examples=examples, tasks=_tasks(tasks),
                 num_virtual_tokens=tokens, n_options=options, lr=lr, batch_size=batch_size, seed=seed, window=window,
                 overrides=overrides or [], progress=True, log=typer.echo)
     typer.echo(f"done: {path}")

@@ -1,7 +1,7 @@
 """Prompt transfer: similarity, retrieval of source prompts, initialisation strategies, zero-shot transfer,
 PPT pre-trained prompts and cross-model projection."""
 
-from .ppt import pretrain_prompt, read_corpus, unified_task
+from .ppt import pair_task, pretrain_prompt, read_corpus, single_task, unified_task
 from .projector import (
     Projector,
     finetune_projector,
@@ -42,7 +42,7 @@ from .zero_shot import transferred_artifact, zero_shot
 __all__ = [
     "BestOfTopK", "Measure", "Projector", "RankBy", "RankedSource", "SimilarityMatrix", "activated_neurons", "best_of_top_k",
     "cosine_flat", "cosine_mean", "euclidean", "finetune_projector", "fit_from_artifacts", "heatmap", "init_overrides", "multitask_mixture", "neuron_overlap",
-    "pretrain_prompt", "project", "prompt_similarity", "rank_by_similarity", "rank_by_zero_shot", "rank_sources", "read_corpus", "similarity_matrix",
-    "similarity_weights", "task_embedding", "transferred_artifact", "unified_task", "vocab_projector",
+    "pair_task", "pretrain_prompt", "project", "prompt_similarity", "rank_by_similarity", "rank_by_zero_shot", "rank_sources", "read_corpus", "similarity_matrix",
+    "similarity_weights", "single_task", "task_embedding", "transferred_artifact", "unified_task", "vocab_projector",
     "weighted_average_init", "zero_shot",
 ]

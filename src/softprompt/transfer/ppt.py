@@ -4,13 +4,20 @@ Running text (sentences in document order) gives two tasks:
 - sentence pair, 3 classes: the second sentence is the next one, a later/earlier one of the same
   document, or one from another document
 - multiple choice: which of n options is the true next sentence
+and any single sentences give a third: single-sentence classification with pseudo-labels (PPT
+labels sentences with a sentiment classifier; here the frozen base model labels them itself, its
+zero-shot scores calibrated over the corpus, and the most confident sentences of each label are kept).
 
-Both are rendered in one *unified multiple-choice format* (a passage, a question with lettered
-options, the answer letter at {mask}), so one pre-trained prompt serves every downstream task that is
-rendered the same way (:func:`unified_task` turns a classification task into it). The prompt then
-starts downstream prompt tuning: ``method.init=artifact method.init_from=[ppt.safetensors]``; its
-number of virtual tokens must equal the downstream ``method.num_virtual_tokens`` (a mismatch is
-refused with the number to set, never silently repeated or cut).
+Each task comes in a *format* that downstream tasks can share, with words as answers:
+- ``unified``: a passage, a question with lettered options, the answer letter at {mask}, for every
+  task (:func:`unified_task` turns a classification task into it)
+- ``pair``: two sentences and the answer yes / maybe / no (next / same document / another document);
+  :func:`pair_task` renders a sentence-pair task (entailment: yes / no) the same way
+- ``single``: ``{text} It was {mask}`` with five sentiment words; :func:`single_task` renders a
+  single-sentence task the same way with its own words
+The prompt then starts downstream prompt tuning: ``method.init=artifact
+method.init_from=[ppt.safetensors]``; its number of virtual tokens must equal the downstream
+``method.num_virtual_tokens`` (a mismatch is refused with the number to set, never silently repeated or cut).
 """
 
 from __future__ import annotations
@@ -32,7 +39,14 @@ PAIR_QUESTION = "How is sentence 2 related to sentence 1?"
 PAIR_OPTIONS = {"next": "it is the next sentence", "same_document": "it comes from the same text, but not next",
                 "random": "it comes from another text"}
 CHOICE_QUESTION = "Which sentence comes next?"
+PAIR_TEMPLATE = "{text}\n{text_b}\nAnswer: {mask}"
+PAIR_WORDS = {"next": "yes", "same_document": "maybe", "random": "no"}
+SINGLE_TEMPLATE = "{text} It was {mask}"
+SINGLE_WORDS = ("terrible", "bad", "okay", "good", "great")
+FORMATS = ("unified", "pair", "single")
 DOC_MARKER = "-DOCSTART-"
+# A news dateline ("BRUSSELS 1996-08-22") opens an article: CoNLL-2003 copies without -DOCSTART- keep them.
+_DATELINE = re.compile(r"^[A-Z][A-Z .,'&/-]*\s+\d{4}-\d{2}-\d{2}$")
 _SPACE_BEFORE = re.compile(r" ([.,;:!?%)\]}'](?:s\b)?|n't\b|'s\b)")
 
 
@@ -67,11 +81,17 @@ def _is_prose(tokens: Sequence[str]) -> bool:
     return sum(any(c.isalpha() for c in t) for t in tokens) >= 0.7 * len(tokens)
 
 
-def read_corpus(path: str | Path, *, window: int = 20, min_words: int = 4) -> Corpus:
-    """Running text of a file: CoNLL token-per-line (blank line between sentences) or one sentence
-    per line. `-DOCSTART-` lines split documents; without them, windows of `window` sentences count
-    as documents. Sentences under `min_words` words (headlines, datelines) or mostly numbers (score
-    tables) are left out."""
+def read_corpus(path: str | Path | Sequence[str | Path], *, window: int = 20, min_words: int = 4) -> Corpus:
+    """Running text of a file (or several, pooled): CoNLL token-per-line (blank line between
+    sentences) or one sentence per line. `-DOCSTART-` lines split documents, and so do news datelines
+    ("BRUSSELS 1996-08-22": the headline just before one moves with it); a file with neither is cut
+    into windows of `window` sentences that count as documents. Sentences under `min_words` words
+    (bylines) or mostly numbers (score tables) are left out."""
+    if not isinstance(path, (str, Path)):
+        parts = [read_corpus(p, window=window, min_words=min_words) for p in path]
+        if not parts:
+            raise DataError("no text files given")
+        return Corpus(tuple(d for c in parts for d in c.documents), windowed=any(c.windowed for c in parts))
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: file not found (give running text: one sentence per line, or CoNLL)")
@@ -81,11 +101,24 @@ def read_corpus(path: str | Path, *, window: int = 20, min_words: int = 4) -> Co
     docs: list[list[str]] = [[]]
     marked = False
     current: list[str] = []
+    raw = {"sentences": 0, "last_kept": -10}  # sentences seen, and the number of the last one kept
 
     def end_sentence():
+        nonlocal marked
         if current:
-            if len(current) >= min_words and _is_prose(current):
+            raw["sentences"] += 1
+            sentence = " ".join(current)
+            if _DATELINE.match(sentence):
+                marked = True
+                # the headline (kept just before, a byline at most between) opens the new article
+                headline = docs[-1].pop() if docs[-1] and raw["sentences"] - raw["last_kept"] <= 3 else None
+                if docs[-1]:
+                    docs.append([])
+                if headline:
+                    docs[-1].append(headline)
+            elif len(current) >= min_words and _is_prose(current):
                 docs[-1].append(_detokenise(current))
+                raw["last_kept"] = raw["sentences"]
             current.clear()
 
     for line in lines:
@@ -226,6 +259,64 @@ def unified_task(words: Mapping[str, str], question: str, *, max_length: int = 2
             "max_length": max_length}
 
 
+def pair_task(words: Mapping[str, str], *, max_length: int = 256) -> dict:
+    """A sentence-pair classification task section in the PPT pair format: both texts, then the
+    answer word (pre-training answers yes / maybe / no; entailment would answer yes / no)."""
+    if len(words) < 2:
+        raise ConfigError("a sentence-pair task needs at least two labels")
+    return {"kind": "classification", "template": PAIR_TEMPLATE, "labels": [str(k) for k in words],
+            "verbalizer": {str(k): v for k, v in words.items()}, "pair": True, "max_length": max_length}
+
+
+def single_task(words: Mapping[str, str], *, max_length: int = 256) -> dict:
+    """A single-sentence classification task section in the PPT single-sentence format
+    (``{text} It was {mask}``) with the task's own label words."""
+    if len(words) < 2:
+        raise ConfigError("a classification task needs at least two labels")
+    return {"kind": "classification", "template": SINGLE_TEMPLATE, "labels": [str(k) for k in words],
+            "verbalizer": {str(k): v for k, v in words.items()}, "max_length": max_length}
+
+
+def pseudo_labelled(base, sentences: Sequence[str], n: int, *, words: Sequence[str] = SINGLE_WORDS, seed: int = 0,
+                    pool: int = 4, batch_size: int = 32, max_length: int = 128) -> list[Example]:
+    """About n sentences labelled by the frozen base model itself, the same number per word.
+
+    The model scores every word at the answer slot of SINGLE_TEMPLATE for up to pool * n sentences
+    (seeded sample); each word's mean score over them is subtracted (the corpus-level prior, as
+    contextual calibration subtracts a content-free one), and each word keeps the sentences that
+    prefer it by the widest margin. Each sentence is used once; a word that fewer sentences prefer
+    keeps fewer."""
+    import torch
+
+    from ..core import PromptedModel
+    from ..tasks.classification import ClassificationConfig, ClassificationTask
+    from ..tasks.runner import Prepared, TaskPrompt, predict_logits
+
+    if not isinstance(n, int) or n < len(words):
+        raise ConfigError(f"n={n!r}: ask for at least one pseudo-labelled sentence per word ({len(words)})")
+    rng = random.Random(seed)
+    unique = sorted(set(sentences))
+    picked = rng.sample(unique, min(len(unique), pool * n))
+    verbalizer = {w: w for w in words}
+    task = ClassificationTask(ClassificationConfig(template=SINGLE_TEMPLATE, verbalizer=verbalizer,
+                                                   max_length=max_length), base, list(words))
+    unit = TaskPrompt("ppt-label", None, task)
+    items = [Prepared(unit.key, task.prepare(Example(text, source=f"ppt:sentence:{i}"))) for i, text in enumerate(picked)]
+    scores = torch.stack(predict_logits(PromptedModel(base), {unit.key: unit}, items, batch_size))
+    calibrated = torch.log_softmax(scores, dim=1)
+    calibrated = calibrated - calibrated.mean(0, keepdim=True)
+    top2 = calibrated.topk(2, dim=1)
+    choice, margin = top2.indices[:, 0], top2.values[:, 0] - top2.values[:, 1]
+    per_word = n // len(words)
+    out = []
+    for c, word in enumerate(words):
+        mine = [i for i in range(len(picked)) if int(choice[i]) == c]
+        mine.sort(key=lambda i: -float(margin[i]))
+        out += [Example(picked[i], None, word, source=f"ppt:single:{i}") for i in mine[:per_word]]
+    rng.shuffle(out)
+    return out
+
+
 def ppt_examples(corpus: Corpus, n: int, *, tasks: Sequence[str] = ("pair", "choice"), n_options: int = 3,
                  seed: int = 0) -> list[Example]:
     """n unified examples, split evenly over the self-supervised tasks, shuffled (seeded)."""
@@ -253,41 +344,64 @@ def write_jsonl(examples: Sequence[Example], path: str | Path) -> Path:
     return path
 
 
-def pretrain_prompt(model, text_path: str | Path, out: str | Path, *, steps: int = 200, n_examples: int = 2000,
-                    tasks: Sequence[str] = ("pair", "choice"), num_virtual_tokens: int = 20, n_options: int = 3,
-                    lr: float = 0.03, batch_size: int = 8, seed: int = 0, window: int = 20, max_length: int = 256,
+def pretrain_prompt(model, text_path: str | Path | Sequence[str | Path], out: str | Path, *, steps: int = 200,
+                    n_examples: int = 2000, tasks: Sequence[str] = ("pair", "choice"), num_virtual_tokens: int = 20,
+                    n_options: int = 3, lr: float = 0.03, batch_size: int = 8, seed: int = 0, window: int = 20,
+                    max_length: int = 256, format: str = "unified", sentences: Sequence[str] | None = None,
                     overrides: Sequence[str] = (), base=None, progress: bool = False,
                     log: Callable[[str], None] = print) -> Path:
     """Pre-train a prompt-tuning prompt on self-supervised tasks from running text; returns the artifact path.
 
-    model: a model name or path (or a model section). The generated examples go to out/data/*.jsonl
-    (a tenth held out as dev); the run goes to out/ and the prompt to out/prompt.safetensors.
+    model: a model name or path (or a model section). format: ``unified`` (the tasks in lettered
+    multiple choice), ``pair`` (3-class sentence pairs answered yes / maybe / no; `tasks` unused) or
+    ``single`` (sentences pseudo-labelled with five sentiment words, see :func:`pseudo_labelled`;
+    from `sentences`, else from the running text). The generated examples go to out/data/*.jsonl (a
+    tenth held out as dev); the run goes to out/ and the prompt to out/prompt.safetensors.
     """
-    from ..training.run import train as train_run
     from ..core import PromptArtifact
+    from ..training.run import load_model
+    from ..training.run import train as train_run
 
+    if format not in FORMATS:
+        raise ConfigError(f"format={format!r} is not one of: {', '.join(FORMATS)}")
     corpus = read_corpus(text_path, window=window)
     out = Path(out)
-    examples = ppt_examples(corpus, n_examples, tasks=tasks, n_options=n_options, seed=seed)
+    model_section = model if isinstance(model, Mapping) else {"name": str(model)}
+    if format == "unified":
+        examples = ppt_examples(corpus, n_examples, tasks=tasks, n_options=n_options, seed=seed)
+        labels = letters(max(3 if "pair" in tasks else 0, n_options if "choice" in tasks else 0))
+        task = {"kind": "classification", "template": UNIFIED_TEMPLATE, "labels": labels, "pair": True,
+                "max_length": max_length}
+        what = ", ".join(tasks)
+    elif format == "pair":
+        examples = sentence_pair_examples(corpus, n_examples, seed)
+        task = pair_task(PAIR_WORDS, max_length=max_length)
+        what = "sentence pairs, yes / maybe / no"
+    else:
+        base = base or load_model(model_section)
+        pool = list(sentences) if sentences is not None else [t for d in corpus.documents for t in d]
+        examples = pseudo_labelled(base, pool, n_examples, seed=seed, max_length=max_length)
+        task = single_task({w: w for w in SINGLE_WORDS}, max_length=max_length)
+        what = "single sentences, pseudo-labelled " + " / ".join(SINGLE_WORDS)
     n_dev = max(3, len(examples) // 10)
     train = write_jsonl(examples[n_dev:], out / "data" / "train.jsonl")
     dev = write_jsonl(examples[:n_dev], out / "data" / "dev.jsonl")
-    labels = letters(max(3 if "pair" in tasks else 0, n_options if "choice" in tasks else 0))
     config = {
         "name": "ppt",
-        "model": model if isinstance(model, Mapping) else {"name": str(model)},
-        "task": {"kind": "classification", "template": UNIFIED_TEMPLATE, "labels": labels, "pair": True,
-                 "max_length": max_length},
+        "model": model_section,
+        "task": task,
         "method": {"name": "prompt_tuning", "num_virtual_tokens": num_virtual_tokens, "init": "vocab", "seed": seed},
-        "data": {"train": str(train), "dev": str(dev), "text_b_field": "text_b"},
+        "data": {"train": str(train), "dev": str(dev), "text_b_field": "text_b" if task.get("pair") else None},
         "training": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
                      "eval_every": max(1, steps // 4), "log_every": max(1, steps // 10)},
         "output": str(out),
     }
-    log(f"ppt: {corpus.num_sentences} sentences in {len(corpus.documents)} documents"
-        f"{' (windows)' if corpus.windowed else ''}; {len(examples) - n_dev} training examples ({', '.join(tasks)})")
+    log(f"ppt ({format}): {corpus.num_sentences} sentences in {len(corpus.documents)} documents"
+        f"{' (windows)' if corpus.windowed else ''}; {len(examples) - n_dev} training examples ({what})")
     run = train_run(config, overrides, base=base, progress=progress, log=log)
     artifact = PromptArtifact.load(run.artifact)
-    artifact.meta["transfer"] = {"strategy": "ppt", "text": str(text_path), "tasks": list(tasks),
+    texts = [str(text_path)] if isinstance(text_path, (str, Path)) else [str(t) for t in text_path]
+    artifact.meta["transfer"] = {"strategy": "ppt", "format": format, "text": texts[0] if len(texts) == 1 else texts,
+                                 "tasks": list(tasks) if format == "unified" else [format],
                                  "n_examples": len(examples), "n_options": n_options, "window": window}
     return artifact.save(run.artifact)
