@@ -258,21 +258,25 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("runs/serve_load"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--only", choices=("ours", "baseline", "ours-low-queue"),
+                        help="run this side alone and update its entry in --out")
     parser.add_argument("--serve-baseline", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     a = parser.parse_args()
     if a.serve_baseline is not None:  # the baseline server's own process
         import uvicorn
 
-        uvicorn.run(baseline_app(a.serve_baseline), host="127.0.0.1", port=a.port, log_level="warning",
+        uvicorn.run(baseline_app(a.serve_baseline), host="127.0.0.1", port=a.port, log_level="warning", timeout_keep_alive=30,
                     access_log=False)
         return
     reviews, mrs = texts()
     config = write_prompts(a.workdir)
     results = {}
+    if a.only:  # rerun one side, keeping the others of the earlier run in --out
+        results = json.loads(a.out.read_text())["results"] if a.out and a.out.exists() else {}
     for name, kind, queue in (("ours", "ours", a.max_queue), ("baseline", "baseline", 0),
                               ("ours-low-queue", "ours", a.low_queue)):
-        if name == "ours-low-queue" and not a.low_queue:
+        if (name == "ours-low-queue" and not a.low_queue) or (a.only and name != a.only):
             continue
         proc, url = start(kind, a, config, queue)
         try:

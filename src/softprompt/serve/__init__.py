@@ -102,4 +102,7 @@ def run(registry: PromptRegistry, settings: ServeSettings, host: str = "127.0.0.
         access.setLevel(logging.INFO)
         access.propagate = False
     app = create_app(registry, settings)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=30)
+    # keep-alive 30 s, not uvicorn's 5: a client that waits out a 429's Retry-After, or pauses between
+    # requests, should not race the server closing its idle connection (seen as a read error at 500 clients)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=30,
+                timeout_keep_alive=30)
