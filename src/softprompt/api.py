@@ -40,10 +40,12 @@ from .training.run import (  # noqa: F401  (the API's names for the run-level fu
 
 def evaluate(artifact: str | Path | LoadedPrompt, data_path: str | Path, *, format: str = "auto",
              text_field: str | None = None, text_b_field: str | None = None, label_field: str | None = None,
-             batch_size: int = 32, allow_model_mismatch: bool = False, base: BaseModel | None = None) -> dict:
-    """Accuracy, macro-F1 and the per-class report of a prompt on a labelled data file."""
+             batch_size: int = 32, allow_model_mismatch: bool = False, base: BaseModel | None = None,
+             calibrate: bool | None = None) -> dict:
+    """Accuracy, macro-F1 and the per-class report of a prompt on a labelled data file (calibrate:
+    contextual calibration on or off; None: as the artifact says)."""
     loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(
-        artifact, base, allow_model_mismatch=allow_model_mismatch
+        artifact, base, allow_model_mismatch=allow_model_mismatch, calibrate=calibrate
     )
     data = data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field, label_field=label_field)
     examples = read_split(str(data_path), data, kind=loaded.unit.task.kind)
@@ -64,11 +66,13 @@ class Prediction:
 
 
 def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example], *, batch_size: int = 32,
-            allow_model_mismatch: bool = False, base: BaseModel | None = None) -> list[Prediction]:
+            allow_model_mismatch: bool = False, base: BaseModel | None = None,
+            calibrate: bool | None = None) -> list[Prediction]:
     """Label and class probabilities for each text (or Example, for text pairs); a tag per word for
-    token labelling; the generated text for generation."""
+    token labelling; the generated text for generation. calibrate: contextual calibration of a
+    classification prompt on or off (None: as the artifact says)."""
     loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(
-        artifact, base, allow_model_mismatch=allow_model_mismatch
+        artifact, base, allow_model_mismatch=allow_model_mismatch, calibrate=calibrate
     )
     key = loaded.unit.key
     examples = [_unlabelled(loaded.unit.task.kind, value, f"input {i + 1}") for i, value in enumerate(inputs)]
@@ -141,9 +145,11 @@ def predict_mixed(prompts: Mapping[str, LoadedPrompt], requests: Sequence[tuple[
 
 def predict_file(artifact: str | Path | LoadedPrompt, in_path: str | Path, out_path: str | Path | None = None, *,
                  format: str = "auto", text_field: str | None = None, text_b_field: str | None = None,
-                 batch_size: int = 32, allow_model_mismatch: bool = False) -> list[Prediction]:
+                 batch_size: int = 32, allow_model_mismatch: bool = False,
+                 calibrate: bool | None = None) -> list[Prediction]:
     """Predict every example of a file; with out_path, write one JSON object per line."""
-    loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(artifact, allow_model_mismatch=allow_model_mismatch)
+    loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(
+        artifact, allow_model_mismatch=allow_model_mismatch, calibrate=calibrate)
     data = data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field)
     examples = read_split(str(in_path), data, require_label=False, kind=loaded.unit.task.kind)
     predictions = predict(loaded, examples, batch_size=batch_size)

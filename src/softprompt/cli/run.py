@@ -36,13 +36,17 @@ def eval_(
     batch_size: int = typer.Option(32, help="Examples per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     allow_model_mismatch: bool = typer.Option(False, help="Use the prompt on a base model it was not made for."),
+    calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate",
+                                             help="Contextual calibration of a classification prompt's label "
+                                                  "probabilities (default: as the prompt's task says)."),
 ):
     """Evaluate a prompt on labelled data: accuracy, macro-F1 and a per-class report."""
     from .. import api
     from ..tasks.metrics import format_report
 
     metrics = _run(api.evaluate, artifact, data, format=format, text_field=text_field, text_b_field=text_b_field,
-                   label_field=label_field, batch_size=batch_size, allow_model_mismatch=allow_model_mismatch)
+                   label_field=label_field, batch_size=batch_size, allow_model_mismatch=allow_model_mismatch,
+                   calibrate=calibrate)
     typer.echo(json.dumps(metrics, indent=1) if as_json else format_report(metrics))
 
 
@@ -55,6 +59,9 @@ def predict(
     format: str = typer.Option("auto", help="Format of --file."),
     batch_size: int = typer.Option(32),
     allow_model_mismatch: bool = typer.Option(False, help="Use the prompt on a base model it was not made for."),
+    calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate",
+                                             help="Contextual calibration of a classification prompt's label "
+                                                  "probabilities (default: as the prompt's task says)."),
 ):
     """Predict the label and probabilities of a text, or of every example of a file (JSONL out)."""
     from .. import api
@@ -64,7 +71,7 @@ def predict(
         _fail("give either a TEXT or --file PATH")
     if file is not None:
         preds = _run(api.predict_file, artifact, file, out, format=format, batch_size=batch_size,
-                     allow_model_mismatch=allow_model_mismatch)
+                     allow_model_mismatch=allow_model_mismatch, calibrate=calibrate)
         if out is None:
             for p in preds:
                 typer.echo(json.dumps({"source": p.source, "text": p.text, "label": p.label,
@@ -73,7 +80,7 @@ def predict(
             typer.echo(f"wrote {len(preds)} predictions to {out}")
         return
     (pred,) = _run(api.predict, artifact, [Example(text=text, text_b=text_b, source="text")],
-                   batch_size=batch_size, allow_model_mismatch=allow_model_mismatch)
+                   batch_size=batch_size, allow_model_mismatch=allow_model_mismatch, calibrate=calibrate)
     if pred.tags is not None:
         typer.echo(" ".join(f"{word}/{tag}" for word, tag in zip(pred.text.split(" "), pred.tags)))
         return

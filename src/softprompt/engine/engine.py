@@ -60,6 +60,9 @@ class EnginePrompt:
     eos_id: int | None = None
     compiled: object = _UNSET  # CompiledPrompt | None once computed (by the worker, at first use)
     meta: dict = field(default_factory=dict)
+    # Contextual calibration (a classification task with calibrate on): the label probabilities this
+    # prompt gives content-free inputs; every score it returns is divided by them.
+    bias: torch.Tensor | None = None
 
 
 @dataclass
@@ -265,6 +268,11 @@ class Engine:
                              tuple(fixed_start) if fixed_start is not None and self.compile_prompts else None,
                              eos_id if eos_id is not None else getattr(self.tokenizer, "eos_token_id", None),
                              meta=dict(meta or {}))
+        if getattr(getattr(task, "config", None), "calibrate", False):
+            # measured through this engine before the prompt is published, so no request sees it uncalibrated
+            items = task.content_free_items()
+            scores = torch.stack([f.result() for f in self.submit_scores([(entry, item) for item in items])])
+            entry.bias = task.content_free_bias(scores)
         with self._lock:
             self.prompts[name] = entry
         return entry
@@ -492,6 +500,9 @@ class Engine:
             try:
                 logits = task.class_logits(pm, hidden, batch, [chosen[i].item for i in indices],
                                            [owners[i] for i in indices])
+                bias = chosen[indices[0]].entry.bias
+                if bias is not None:
+                    logits = task.calibrated(logits, bias)
                 for i, value in zip(indices, logits):
                     self._resolve(chosen[i], value=value.float().cpu())
             except BaseException as exc:

@@ -13,7 +13,8 @@ import torch
 from ..core import PromptedModel
 from ..errors import ConfigError, DataError
 from ..models import BaseModel
-from ..tasks.classification import ClassificationConfig, ClassificationTask
+from ..tasks.classification import (CONTENT_FREE, ClassificationConfig, ClassificationTask, calibrate, content_free_bias,
+                                     content_free_examples)
 from ..tasks.metrics import classification_metrics
 from ..tasks.readers import Example
 from ..tasks.runner import Prepared, TaskPrompt, predict_logits
@@ -21,7 +22,6 @@ from ..templates import parse_template
 
 # Content-free inputs: strings that carry no sentiment, topic or entailment, so the class
 # probabilities the prompt gives them show its bias. "[MASK]" becomes the tokenizer's mask token.
-CONTENT_FREE = ("N/A", "", "[MASK]")
 
 
 @dataclass
@@ -93,24 +93,7 @@ def label_scores(base: BaseModel, task: ClassificationTask, examples: Sequence[E
 
 def content_free_probs(base: BaseModel, task: ClassificationTask, inputs: Sequence[str] = CONTENT_FREE) -> torch.Tensor:
     """The label probabilities a prompt gives content-free inputs, averaged: its bias, (n_labels,)."""
-    if not inputs:
-        raise ConfigError("calibration needs at least one content-free input")
-    mask = getattr(base.tokenizer, "mask_token", None)
-    examples = []
-    for text in inputs:
-        text = mask if text == "[MASK]" and mask else text
-        values = {name: text for name in task.template.fields}
-        examples.append(Example(text=text, text_b=text if "text_b" in values else None, source="content-free",
-                                fields=values))
-    probs = torch.softmax(label_scores(base, task, examples), dim=-1).mean(0)
-    return probs / probs.sum()
-
-
-def calibrate(scores: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Label scores corrected by the content-free bias: p(y|x) / p_cf(y), in log space (the diagonal
-    W = diag(p_cf)^-1, b = 0 of Zhao et al.), renormalised over labels."""
-    logp = torch.log_softmax(scores.float(), dim=-1) - torch.log(bias.clamp(min=1e-12)).to(scores.device)
-    return torch.log_softmax(logp, dim=-1)
+    return content_free_bias(label_scores(base, task, content_free_examples(task.template.fields, base.tokenizer, inputs)))
 
 
 @dataclass

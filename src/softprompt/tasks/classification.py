@@ -24,6 +24,8 @@ from ..errors import ConfigError, DataError
 from ..models import ModelKind
 from ..templates import TemplateRenderer, parse_template
 
+CONTENT_FREE = ("N/A", "", "[MASK]")  # the content-free inputs of contextual calibration (Zhao et al., 2021)
+
 
 class HeadKind(str, Enum):
     """How class scores are read from the model."""
@@ -63,6 +65,9 @@ class ClassificationConfig:
     max_length: int = 256  # tokens per row, prompt included; longer inputs are shortened
     pair: bool = False  # whether examples have a second text (text_b)
     chat: bool = False  # causal chat models: the text before {mask} is sent as the user's message
+    # Contextual calibration at inference (predict, eval, serve, dev evaluations): each label's
+    # probability divided by what the prompt gives content-free inputs (Zhao et al., 2021).
+    calibrate: bool = False
 
     def __post_init__(self):
         coerce_enum(self, "head", HeadKind, "task")
@@ -268,6 +273,19 @@ class ClassificationTask(nn.Module):
         return Item(rows, label, targets)
 
     # ---- hidden states to class logits -------------------------------------------------------
+    def content_free_items(self, inputs: Sequence[str] = CONTENT_FREE) -> list[Item]:
+        """The task's rows for content-free inputs: what contextual calibration scores to measure a
+        prompt's bias."""
+        return [self.prepare(e) for e in content_free_examples(self.template.fields, self.tokenizer, inputs)]
+
+    @staticmethod
+    def content_free_bias(scores: torch.Tensor) -> torch.Tensor:
+        return content_free_bias(scores)
+
+    @staticmethod
+    def calibrated(scores: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return calibrate(scores, bias)
+
     def class_logits(self, pm: PromptedModel, hidden: torch.Tensor, batch: PromptBatch, items: Sequence[Item],
                      row_index: Sequence[Sequence[int]]) -> torch.Tensor:
         """(len(items), n_labels) scores; row_index[i] lists the batch rows of items[i]."""
@@ -409,6 +427,36 @@ class ClassificationTask(nn.Module):
     def load_export(self, tensors: Mapping[str, torch.Tensor]) -> None:
         if self.head is not None:
             self.head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
+
+
+def content_free_examples(fields: Sequence[str], tokenizer, inputs: Sequence[str] = CONTENT_FREE) -> list:
+    """Examples whose every field is a content-free input ("N/A", "", or the tokenizer's mask token
+    for "[MASK]")."""
+    from .readers import Example
+
+    if not inputs:
+        raise ConfigError("calibration needs at least one content-free input")
+    mask = getattr(tokenizer, "mask_token", None)
+    examples = []
+    for text in inputs:
+        text = mask if text == "[MASK]" and mask else text
+        values = {name: text for name in fields}
+        examples.append(Example(text=text, text_b=text if "text_b" in values else None, source="content-free",
+                                fields=values))
+    return examples
+
+
+def content_free_bias(scores: torch.Tensor) -> torch.Tensor:
+    """A prompt's bias: the mean label probabilities of its content-free inputs' scores (n, labels)."""
+    probs = torch.softmax(scores.float(), dim=-1).mean(0)
+    return probs / probs.sum()
+
+
+def calibrate(scores: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Label scores corrected by the content-free bias: p(y|x) / p_cf(y), in log space (the diagonal
+    W = diag(p_cf)^-1, b = 0 of Zhao et al.), renormalised over labels."""
+    logp = torch.log_softmax(scores.float(), dim=-1) - torch.log(bias.clamp(min=1e-12)).to(scores.device)
+    return torch.log_softmax(logp, dim=-1)
 
 
 def class_weight_tensor(spec: str | Mapping[str, float] | None, labels: Sequence[str],

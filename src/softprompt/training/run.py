@@ -311,8 +311,11 @@ class LoadedPrompt:
 
 
 def load_prompt(path: str | Path | PromptArtifact, base: BaseModel | str | None = None, *, key: str | None = None,
-                allow_model_mismatch: bool = False, device: str = "auto") -> LoadedPrompt:
-    """Attach an artifact to a base model (its own recorded base model when none is given)."""
+                allow_model_mismatch: bool = False, device: str = "auto", calibrate: bool | None = None) -> LoadedPrompt:
+    """Attach an artifact to a base model (its own recorded base model when none is given).
+
+    calibrate: turn contextual calibration of a classification prompt on or off (None: as the
+    artifact's task says)."""
     artifact = path if isinstance(path, PromptArtifact) else PromptArtifact.load(path)
     artifact.require("method", "task.labels", *([] if base else ["base_model.name"]))
     if base is None or isinstance(base, str):
@@ -321,6 +324,11 @@ def load_prompt(path: str | Path | PromptArtifact, base: BaseModel | str | None 
     method_cls, m_config = method_config({"name": artifact.method, **artifact.meta.get("method_config", {})})
     task_section = {k: v for k, v in artifact.meta["task"].items()}
     labels = task_section.pop("labels")
+    if calibrate is not None:
+        if task_section.get("kind", "classification") != "classification":
+            raise ConfigError(f"{artifact.path or 'artifact'}: calibration applies to classification prompts; "
+                              f"this one is task.kind={task_section.get('kind')!r}")
+        task_section["calibrate"] = bool(calibrate)
     task = build_task(task_section, base, labels, getattr(m_config, "num_virtual_tokens", 0))
     prompt_tensors = {k[len("prompt."):]: v for k, v in artifact.tensors.items() if k.startswith("prompt.")}
     check_deep_tensors(prompt_tensors, base, str(artifact.path or "artifact"))
