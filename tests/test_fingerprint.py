@@ -72,7 +72,8 @@ def test_the_same_model_in_another_dtype_fits(trained):
     model_dir, artifact = trained
     for dtype in ("bfloat16", "float16"):
         base = loading.load_base(str(model_dir), dtype=dtype, reuse=False)
-        api.load_prompt(artifact, base)  # no error: the fingerprint ignores the dtype
+        loaded = api.load_prompt(artifact, base)  # no ArtifactError: the fingerprint ignores the dtype
+        assert loaded.base is base and loaded.artifact.meta["base_model"]["fingerprint_version"] >= 2
 
 
 def test_fingerprints_across_dtypes():
