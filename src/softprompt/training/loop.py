@@ -16,6 +16,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from ..configs import Sampling, TrainingConfig
 from ..core import PromptArtifact, PromptedModel
+from ..errors import ConfigError
 from ..tasks.runner import Prepared, TaskPrompt, class_logits, export_unit
 from .state import checkpoint_dir, latest_checkpoint, load_training_state, prune_checkpoints, save_training_state
 
@@ -150,8 +151,6 @@ def set_checkpointing(model: torch.nn.Module, enable: bool) -> None:
     children) are marked as training: a frozen base computes exactly what it computes without it.
     """
     if not getattr(model, "supports_gradient_checkpointing", False):
-        from ..errors import ConfigError
-
         raise ConfigError(f"training.gradient_checkpointing: {type(model).__name__} does not support it")
     if enable:
         kwargs = {"use_reentrant": False}  # reentrant checkpoints would drop gradients of prefixes held outside
@@ -188,8 +187,6 @@ def fit(
     scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     metric = config.metric if config.metric != "auto" else unit.task.metric_names[0]
     if metric not in unit.task.metric_names:
-        from ..errors import ConfigError
-
         raise ConfigError(f"training.metric={metric!r} is not one of this task's: {', '.join(unit.task.metric_names)}")
     history: list[dict] = []
     best = {"metric": None, "step": 0, "bad_evals": 0}
@@ -213,8 +210,6 @@ def fit(
     if balanced:
         labels = [getattr(p.item, "label", None) for p in train_items]
         if any(not isinstance(label, int) for label in labels):
-            from ..errors import ConfigError
-
             raise ConfigError("training.sampling='balanced' needs one class label per training example "
                               "(classification); use sampling='shuffle' for this task")
     started = time.perf_counter()
