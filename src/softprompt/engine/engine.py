@@ -241,6 +241,7 @@ class Engine:
         self._inbox: deque[_Request] = deque()
         self._waiting: deque[_Request] = deque()
         self._slots: SlotDecoder | None = None
+        self._starting = 0  # generation rows between their first token and their slot (see _start_slots)
         self._cohorts: list[Cohort] = []
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -349,7 +350,7 @@ class Engine:
             return len(self._inbox) + len(self._waiting)
 
     def running(self) -> int:
-        return (len(self._slots) if self._slots else 0) + sum(len(c.owners) for c in self._cohorts)
+        return self._starting + (len(self._slots) if self._slots else 0) + sum(len(c.owners) for c in self._cohorts)
 
     def close(self, wait: bool = True) -> None:
         """Stop taking requests; with wait, finish those queued and running first."""
@@ -521,6 +522,15 @@ class Engine:
     def _start_slots(self, requests, batch_rows, batch, hidden, capture, deep, rows, offsets) -> None:
         """New generation rows: their first token from the pass's logits, then their keys/values
         (prompt prefixes and input, padding dropped) into slots of the decoder."""
+        # Their first token is streamed before they reach the slots: count them as running meanwhile,
+        # so running() never reads 0 while a client already holds its first text.
+        self._starting = sum(request.params.num_beams for request in requests)
+        try:
+            self._admit_slots(requests, batch_rows, batch, hidden, capture, deep, rows, offsets)
+        finally:
+            self._starting = 0
+
+    def _admit_slots(self, requests, batch_rows, batch, hidden, capture, deep, rows, offsets) -> None:
         pm = self.pm
         index = torch.tensor(batch_rows, device=hidden.device)
         first = pm.lm_logits(hidden[index, batch.last_index[index]]).float()
