@@ -37,3 +37,24 @@ def run_config(tmp_path, family="gpt2", **training):
         "training": {"steps": 12, "batch_size": 8, "lr": 0.1, "eval_every": 4, "log_every": 2, **training},
         "output": str(tmp_path / "runs" / "{name}"),
     }
+
+
+def full_and_resumed(config, tmp_path, stop_at: int):
+    """(an uninterrupted run, a run stopped by Ctrl-C after step stop_at and resumed), both trained
+    from config into their own folders under tmp_path."""
+    import pytest
+
+    from softprompt import api
+
+    quiet = {"progress": False, "log": lambda s: None}
+    full = api.train(config, ["output=" + str(tmp_path / "full")], **quiet)
+
+    def stop(step):
+        if step == stop_at:
+            raise KeyboardInterrupt
+
+    cut = ["output=" + str(tmp_path / "cut")]
+    with pytest.raises(KeyboardInterrupt):
+        api.train(config, cut, on_step=stop, **quiet)
+    assert (tmp_path / "cut" / "checkpoints").exists()
+    return full, api.train(config, cut, resume=True, **quiet)

@@ -5,7 +5,7 @@ import torch
 
 from softprompt import api
 from softprompt.core import PromptArtifact
-from helpers import run_config
+from helpers import full_and_resumed, run_config
 
 
 class Interrupt(Exception):
@@ -15,17 +15,7 @@ class Interrupt(Exception):
 @pytest.mark.parametrize("family", ["gpt2", "bert"])
 def test_interrupted_run_resumes_to_the_same_final_prompt(tmp_path, family):
     config = run_config(tmp_path, family, checkpoint_every=3, eval_every=4)
-    full = api.train(config, ["output=" + str(tmp_path / "full")], progress=False, log=lambda s: None)
-
-    def stop(step):
-        if step == 7:
-            raise KeyboardInterrupt
-
-    cut = ["output=" + str(tmp_path / "cut")]
-    with pytest.raises(KeyboardInterrupt):
-        api.train(config, cut, progress=False, on_step=stop, log=lambda s: None)
-    assert (tmp_path / "cut" / "checkpoints").exists()
-    resumed = api.train(config, cut, resume=True, progress=False, log=lambda s: None)
+    full, resumed = full_and_resumed(config, tmp_path, stop_at=7)
     a = PromptArtifact.load(full.artifact).tensors
     b = PromptArtifact.load(resumed.artifact).tensors
     assert a.keys() == b.keys()

@@ -139,9 +139,10 @@ def to_dict(obj) -> Any:
 class ModelConfig:
     """The frozen base model."""
 
-    name: str = "smollm2-135m"  # embedded name, Hugging Face id or local directory
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    name: str = "smollm2-135m"  # embedded name, Hugging Face id (downloaded when the Hub is reachable) or local directory
+    dtype: str = "float32"  # float32 | bfloat16 | float16: the weights are read straight into it
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
+    device_map: str | dict[str, Any] | None = None  # as transformers' (auto: spread over GPUs and CPU); replaces device
 
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -176,6 +177,36 @@ class Sampling(str, enum.Enum):
 CLASS_WEIGHT_CHOICES = ("none", "balanced")
 
 
+class Optimizer(str, enum.Enum):
+    """The optimiser of the trainable parameters."""
+
+    ADAMW = "adamw"
+    ADAFACTOR = "adafactor"  # as Lester et al. trained prompts: factored second moments, fixed lr here
+
+
+class Schedule(str, enum.Enum):
+    """How the learning rate moves after warmup."""
+
+    LINEAR = "linear"  # down to 0 at the last step
+    COSINE = "cosine"  # half a cosine down to 0
+    CONSTANT = "constant"  # flat after warmup
+
+
+class Precision(str, enum.Enum):
+    """The arithmetic of the forward pass while training (trainable parameters stay float32)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"  # autocast to bfloat16 (GPUs, and CPUs with bf16 units)
+    FP16 = "fp16"  # autocast to float16 with a gradient scaler (GPUs only)
+
+
+class Mixing(str, enum.Enum):
+    """How a run of several tasks draws each batch's examples from them."""
+
+    PROPORTIONAL = "proportional"  # from the pooled examples: each task in proportion to its size
+    TEMPERATURE = "temperature"  # task k with probability proportional to n_k ** (1 / mixing_temperature)
+
+
 @dataclass
 class TrainingConfig:
     """The optimisation loop."""
@@ -205,6 +236,11 @@ class TrainingConfig:
     # as scikit-learn's class_weight='balanced' | {label: weight}), and/or draw batches class-balanced.
     class_weights: str | dict[str, float] | None = None
     sampling: Sampling = Sampling.SHUFFLE  # shuffle | balanced
+    optimizer: Optimizer = Optimizer.ADAMW  # adamw | adafactor
+    schedule: Schedule = Schedule.LINEAR  # linear | cosine | constant (each after warmup)
+    precision: Precision = Precision.FP32  # fp32 | bf16 (autocast) | fp16 (autocast + gradient scaler, GPU)
+    mixing: Mixing = Mixing.PROPORTIONAL  # several tasks: proportional | temperature
+    mixing_temperature: float = 2.0  # mixing=temperature: 1 is proportional, larger flattens towards uniform
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_batch_size", "eval_every", "log_every", "keep_checkpoints",
@@ -219,6 +255,12 @@ class TrainingConfig:
         if self.padding_side not in ("left", "right"):
             raise ConfigError(f"training.padding_side={self.padding_side!r} is not one of: left, right")
         coerce_enum(self, "sampling", Sampling, "training")
+        coerce_enum(self, "optimizer", Optimizer, "training")
+        coerce_enum(self, "schedule", Schedule, "training")
+        coerce_enum(self, "precision", Precision, "training")
+        coerce_enum(self, "mixing", Mixing, "training")
+        if not isinstance(self.mixing_temperature, (int, float)) or not self.mixing_temperature > 0:
+            raise ConfigError(f"training.mixing_temperature={self.mixing_temperature!r} must be > 0")
         if self.sampling is Sampling.BALANCED and self.group_by_length:
             raise ConfigError("training.sampling='balanced' and training.group_by_length=true do not combine: "
                               "choose one")
@@ -248,8 +290,27 @@ class TrainingConfig:
 
 
 @dataclass
+class TaskEntry:
+    """One task of a run that trains several together (RunConfig.tasks): its own data, template and
+    method, each saved as its own artifact in run_dir/<name>/."""
+
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    task: dict[str, Any] | None = None  # default: the run's task section
+    method: dict[str, Any] | None = None  # default: the run's method section
+    lr: float | None = None  # this task's prompt learning rate (default: training.lr, else its method's)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.strip() or any(c in self.name for c in "/\\:"):
+            raise ConfigError(f"tasks: name={self.name!r} must be a non-empty name without / \\ or : "
+                              "(it names the task's folder)")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"tasks.{self.name}.lr={self.lr!r} must be > 0")
+
+
+@dataclass
 class RunConfig:
-    """Everything that makes one trained prompt; saved beside the artifact it made."""
+    """Everything that makes one trained prompt (or several, trained together); saved beside the artifact."""
 
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -258,6 +319,14 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     output: str = "runs/{name}"  # run directory; {name} is replaced
+    # Several tasks trained together in mixed batches (each its own data, template, method, prompt);
+    # the run's task and method sections are their defaults, and its data section is not used.
+    tasks: list[TaskEntry] = field(default_factory=list)
+
+    def __post_init__(self):
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"tasks: names must differ, got {names}")
 
     @property
     def run_dir(self) -> Path:
@@ -369,7 +438,8 @@ def load_run_config(source: str | Path | Mapping | RunConfig, overrides: Sequenc
     data = apply_overrides(_deep_copy(data), overrides)
     config = from_dict(RunConfig, data)
     if base_dir is not None:
-        resolve_data_paths(config.data, base_dir)
+        for section in [config.data] + [t.data for t in config.tasks]:
+            resolve_data_paths(section, base_dir)
     return config
 
 

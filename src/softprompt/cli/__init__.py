@@ -58,7 +58,6 @@ for _name, _group in GROUPS.items():
 
 def main():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         app()

@@ -20,10 +20,15 @@ def train(
 ):
     """Train a prompt; writes prompt.safetensors, config.yaml, metrics and logs to the run directory."""
     from .. import api
+    from ..training.distributed import processes
 
     result = _run(api.train, config, overrides or [], resume=resume, progress=not quiet, log=typer.echo)
-    summary = {k: round(v, 4) for k, v in result.metrics.get("dev", {}).items() if isinstance(v, float)}
-    typer.echo(f"done: {result.artifact}  dev {summary}  {result.samples_per_second:.1f} samples/s")
+    if not processes().main:  # under a data-parallel launcher the main process reports
+        return
+    for name, one in (result.tasks or {None: result}).items():
+        summary = {k: round(v, 4) for k, v in one.metrics.get("dev", {}).items() if isinstance(v, float)}
+        typer.echo(f"done{'' if name is None else ' ' + name}: {one.artifact}  dev {summary}  "
+                   f"{result.samples_per_second:.1f} samples/s")
 
 
 def eval_(

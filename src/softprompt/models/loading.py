@@ -181,14 +181,14 @@ def has_mlm_checkpoint(config) -> bool:
     return any(str(a).endswith(_MLM_ARCHITECTURES) for a in (getattr(config, "architectures", None) or []))
 
 
-def _load_masked_lm(path: str, dtype, name: str):
+def _load_masked_lm(path: str, dtype, name: str, **options):
     """The encoder with its masked-LM head, or None (with a warning) when the checkpoint lacks the
     head's weights: a randomly initialised head would score label words by noise."""
     import warnings
 
     from transformers import AutoModelForMaskedLM
 
-    model, info = AutoModelForMaskedLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
+    model, info = AutoModelForMaskedLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **options)
     prefix = getattr(model, "base_model_prefix", "")
     missing = [k for k in info.get("missing_keys", []) if not k.startswith(prefix + ".")
                and not k.endswith("decoder.weight")]  # the decoder is tied to the input embeddings
@@ -222,43 +222,86 @@ def wrap_model(model, tokenizer, name: str, kind: ModelKind | None = None) -> Ba
 _LOADED: dict[tuple, BaseModel] = {}
 
 
+def hub_offline() -> bool:
+    """Whether the user asked the Hugging Face libraries not to use the network (HF_HUB_OFFLINE)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub's host (HF_ENDPOINT, default huggingface.co) answers a TCP connection: checked
+    once before a download, so an unreachable Hub fails in seconds, not after a minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co",
+                                       endpoint.port or (80 if endpoint.scheme == "http" else 443)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _not_found(name: str, offline: bool, reason: str) -> ModelError:
+    """The one line for a model that is neither embedded, nor a local directory, nor loadable from the Hub."""
+    if offline:
+        why = ("HF_HUB_OFFLINE=1 is set" if hub_offline() else "the Hugging Face Hub is unreachable from here") + \
+              ", so only models already in the Hugging Face cache load"
+        return ModelError(f"cannot load model {name!r}: not an embedded model or a local directory, and {why}; "
+                          "download it once where the Hub is reachable (unset HF_HUB_OFFLINE), or give a local "
+                          f"directory ({reason})")
+    return ModelError(f"cannot load model {name!r}: not an embedded model or a local directory, and the Hub "
+                      f"could not give it: {reason}")
+
+
 def load_base(
     name_or_path: str = DEFAULT_MODEL,
     *,
     kind: str | ModelKind | None = None,
     dtype: str | torch.dtype | None = None,
     device: str | None = None,
+    device_map: str | dict | None = None,
     reuse: bool = True,
 ) -> BaseModel:
-    """Load and freeze a base model by embedded name, Hugging Face id or local directory."""
+    """Load and freeze a base model by embedded name, Hugging Face id (downloaded when the Hub is
+    reachable, else taken from the Hugging Face cache) or local directory.
+
+    dtype: the weights are read straight into it (no float32 copy first). device_map: as
+    transformers' (e.g. "auto": the layers spread over the GPUs and the CPU); then device is unused."""
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    key = (name_or_path, str(kind), str(dtype), str(device))
+    key = (name_or_path, str(kind), str(dtype), str(device), str(device_map))
     if reuse and key in _LOADED:
         return _LOADED[key]
     started = time.perf_counter()
     path, display = resolve_path(name_or_path)
+    from_hub = not Path(path).exists()
+    local_only = from_hub and (hub_offline() or not hub_reachable())
+    hub = {"local_files_only": True} if local_only else {}
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, **hub)
     except (OSError, ValueError) as exc:
-        hint = "" if Path(path).exists() else " (not a local directory; offline, so only cached hub ids load)"
-        raise ModelError(f"cannot load model {name_or_path!r}{hint}: {str(exc).splitlines()[0]}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if from_hub:
+            raise _not_found(name_or_path, local_only, reason) from None
+        raise ModelError(f"cannot load model {name_or_path!r}: {reason}") from None
     model_kind = ModelKind(kind) if kind else kind_of(config)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     auto_class = getattr(transformers, _AUTO_CLASSES[model_kind])
+    placement = {"device_map": device_map} if device_map is not None else {}
     try:
         model = None
         if model_kind is ModelKind.ENCODER and has_mlm_checkpoint(config):
-            model = _load_masked_lm(path, torch_dtype or torch.float32, name_or_path)
+            model = _load_masked_lm(path, torch_dtype or torch.float32, name_or_path, **hub, **placement)
         if model is None:
-            model = auto_class.from_pretrained(path, dtype=torch_dtype or torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+            model = auto_class.from_pretrained(path, dtype=torch_dtype or torch.float32, **hub, **placement)
+        tokenizer = AutoTokenizer.from_pretrained(path, **hub)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None
-    if device:
+    if device and device_map is None:
         model.to(device)
     base = wrap_model(model, tokenizer, display, model_kind)
     base.load_seconds = time.perf_counter() - started

@@ -20,7 +20,7 @@ from ..configs import (
 )
 from ..core import PromptArtifact
 from ..errors import ConfigError
-from ..models import BaseModel, load_base
+from ..models import BaseModel
 from ..tasks.readers import read_examples
 from .ape import APEConfig, search_ape
 from .autoprompt import AutoPromptConfig, search_autoprompt
@@ -132,11 +132,9 @@ def search(config: SearchConfig | Mapping | str | Path, overrides: Sequence[str]
     if (config.k_shot or config.ape is not None or config.autoprompt is not None) and not train:
         raise ConfigError("k_shot, ape and autoprompt need data.train (demonstrations and search examples)")
     if base is None:
-        import torch
+        from ..training.run import load_model
 
-        device = config.model.device
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        base = load_base(config.model.name, dtype=config.model.dtype, device=device)
+        base = load_model(config.model)
     started = time.perf_counter()
     common = dict(max_length=config.max_length, batch_size=config.batch_size, progress=progress)
     report = evaluate_candidates(base, prompts, dev, train=train, k_shot=config.k_shot, seed=config.seed,

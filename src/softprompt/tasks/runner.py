@@ -63,34 +63,6 @@ def class_logits(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared: S
     return out
 
 
-def mixed_loss(pm: PromptedModel, units: Mapping[str, TaskPrompt], batch: Sequence[Prepared]) -> torch.Tensor:
-    """Mean loss over a batch whose items may belong to different tasks, each scored by its own task."""
-    outputs = class_logits(pm, units, batch)
-    total = sum(units[key].task.loss_sum([o for o, p in zip(outputs, batch) if p.key == key],
-                                         [p.item for p in batch if p.key == key])
-                for key in dict.fromkeys(p.key for p in batch))
-    return total / len(batch)
-
-
-def train_mixed(pm: PromptedModel, units: Mapping[str, TaskPrompt], items: Sequence[Prepared], optimizer,
-                params, steps: int, batch_size: int, seed: int, log=None, label: str = "training") -> None:
-    """A plain loop for the small multi-task trainings of transfer (a SPoT mixture, a projector):
-    seeded random batches over items of several tasks, their mean loss, clipping at 1.0."""
-    import random
-
-    rng = random.Random(seed)
-    params = list(params)
-    for step in range(1, steps + 1):
-        batch = [items[rng.randrange(len(items))] for _ in range(batch_size)]
-        loss = mixed_loss(pm, units, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        if log is not None and (step % max(1, steps // 5) == 0 or step == steps):
-            log(f"{label}: step {step}/{steps} loss {loss.item():.4f}")
-
-
 def export_unit(unit: TaskPrompt) -> dict[str, torch.Tensor]:
     """The final tensors of a task prompt: 'prompt.*' from the method, 'head.*' from the task.
 

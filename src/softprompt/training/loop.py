@@ -1,24 +1,38 @@
-"""The training loop: AdamW, warmup, clipping, periodic evaluation keeping the best prompt, early
-stopping, exact resume from checkpoints, TensorBoard logs and a PNG of the curves."""
+"""The training loop, for one task or several in mixed batches: AdamW or Adafactor, warmup and a
+linear, cosine or constant schedule, fp32/bf16/fp16 autocast, clipping, periodic evaluation keeping
+each task's best prompt, early stopping, exact resume from checkpoints, data-parallel processes under
+`accelerate launch`, TensorBoard logs and a PNG of the curves."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_scheduler
 
-from ..configs import Sampling, TrainingConfig
+from ..configs import Mixing, Optimizer, Precision, Sampling, Schedule, TrainingConfig
 from ..core import PromptArtifact, PromptedModel
 from ..errors import ConfigError
 from ..tasks.runner import Prepared, TaskPrompt, class_logits, export_unit
+from .distributed import processes
 from .state import checkpoint_dir, latest_checkpoint, load_training_state, prune_checkpoints, save_training_state
+
+
+@dataclass
+class TaskBest:
+    """One task's outcome in a run: its kept tensors, their dev score and step."""
+
+    tensors: dict[str, torch.Tensor]
+    metric: float | None
+    step: int
+    kept_start: bool = False
 
 
 @dataclass
@@ -34,6 +48,7 @@ class FitResult:
     samples_per_second: float = 0.0
     stopped_early: bool = False
     kept_start: bool = False  # no evaluation after step 0 beat the starting prompt, so it was kept
+    per_task: dict[str, TaskBest] = field(default_factory=dict)  # every task's own (the fields above: the first's)
 
 
 def batch_order(n_items: int, batch_size: int, step: int, seed: int, lengths: Sequence[int] | None = None,
@@ -106,36 +121,95 @@ def micro_batches(idx: Sequence[int], lengths: Sequence[int], max_tokens: int) -
     return chunks
 
 
-def _optimizer(unit: TaskPrompt, config: TrainingConfig) -> torch.optim.Optimizer:
-    prompt_params = [p for p in unit.method.parameters() if p.requires_grad] if unit.method is not None else []
-    head_params = [p for p in unit.task.parameters() if p.requires_grad]
+def mixture_batch_order(groups: Sequence[Sequence[int]], batch_size: int, step: int, seed: int,
+                        temperature: float) -> list[int]:
+    """The item indices of a step's batch drawn from several tasks: each slot picks task k with
+    probability proportional to n_k ** (1 / temperature), then one of its items, both with a generator
+    seeded by (seed, step) alone (draws with replacement), so a resumed run sees the same batches."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 7_919 + 1)
+    weights = torch.tensor([len(g) ** (1.0 / temperature) if len(g) else 0.0 for g in groups], dtype=torch.float64)
+    which = torch.multinomial(weights, batch_size, replacement=True, generator=generator).tolist()
+    picks = torch.rand(batch_size, generator=generator, dtype=torch.float64).tolist()
+    return [groups[k][min(int(u * len(groups[k])), len(groups[k]) - 1)] for k, u in zip(which, picks)]
+
+
+def build_optimizer(units: Mapping[str, TaskPrompt], config: TrainingConfig,
+                    lrs: Mapping[str, float] | None = None) -> torch.optim.Optimizer:
+    """AdamW or Adafactor over the trainable parameters of every unit, each once (units may share a
+    prompt, as a SPoT mixture does): a unit's prompt at its own learning rate (lrs, default
+    training.lr), heads at training.head_lr."""
+    seen: set[int] = set()
     groups = []
-    if prompt_params:
-        groups.append({"params": prompt_params, "lr": config.lr, "weight_decay": config.weight_decay})
-    if head_params:
-        groups.append({"params": head_params, "lr": config.head_lr, "weight_decay": config.weight_decay})
+
+    def fresh(params) -> list[torch.nn.Parameter]:
+        out = [p for p in params if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in out)
+        return out
+
+    for key, unit in units.items():
+        prompt = fresh(unit.method.parameters()) if unit.method is not None else []
+        if prompt:
+            groups.append({"params": prompt, "lr": (lrs or {}).get(key, config.lr), "weight_decay": config.weight_decay})
+    for unit in units.values():
+        head = fresh(unit.task.parameters())
+        if head:
+            groups.append({"params": head, "lr": config.head_lr, "weight_decay": config.weight_decay})
     if not groups:
         raise ValueError("nothing to train: the prompt and the task have no trainable parameters")
+    if config.optimizer is Optimizer.ADAFACTOR:
+        from transformers.optimization import Adafactor
+
+        # A fixed learning rate with our schedule, as Lester et al. (relative_step would ignore lr).
+        return Adafactor(groups, lr=config.lr, scale_parameter=False, relative_step=False, warmup_init=False)
     return torch.optim.AdamW(groups)
 
 
-def _plot(history: list[dict], path: Path, metric: str) -> None:
+_SCHEDULES = {Schedule.LINEAR: "linear", Schedule.COSINE: "cosine", Schedule.CONSTANT: "constant_with_warmup"}
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
+    return get_scheduler(_SCHEDULES[config.schedule], optimizer, num_warmup_steps=config.warmup_steps,
+                         num_training_steps=config.steps)
+
+
+def autocast_for(config: TrainingConfig, device: torch.device):
+    """The forward pass's autocast context and the gradient scaler (fp16 only) for training.precision.
+
+    The trainable parameters stay float32 either way: autocast casts them on the fly, and their
+    updates (lr x grad, often below bfloat16's resolution of their values) are not lost."""
+    if config.precision is Precision.FP32:
+        return contextlib.nullcontext, None
+    if config.precision is Precision.FP16:
+        if device.type != "cuda":
+            raise ConfigError("training.precision=fp16 needs a GPU (float16 autocast with a gradient scaler); "
+                              "on a CPU use precision=bf16 or fp32")
+        return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("training.precision=bf16: this GPU has no bfloat16 support; use precision=fp16 or fp32")
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
+
+
+def _plot(history: list[dict], path: Path, metrics: Sequence[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    evals = [(h["step"], h[metric]) for h in history if metric in h]
     fig, ax = plt.subplots(figsize=(7, 4))
     if losses:
         ax.plot(*zip(*losses), color="tab:blue", label="train loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss", color="tab:blue")
-    if evals:
+    series = [(m, [(h["step"], h[m]) for h in history if m in h]) for m in metrics]
+    series = [(m, points) for m, points in series if points]
+    if series:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*evals), color="tab:orange", marker="o", label=f"dev {metric}")
-        ax2.set_ylabel(f"dev {metric}", color="tab:orange")
+        for m, points in series:
+            ax2.plot(*zip(*points), marker="o", label=f"dev {m}")
+        ax2.set_ylabel("dev " + (series[0][0] if len(series) == 1 else "metrics"))
+        if len(series) > 1:
+            ax2.legend(loc="lower right", fontsize=8)
     ax.set_title(path.parent.name)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -168,7 +242,7 @@ def set_checkpointing(model: torch.nn.Module, enable: bool) -> None:
 
 def fit(
     pm: PromptedModel,
-    unit: TaskPrompt,
+    units: TaskPrompt | Mapping[str, TaskPrompt],
     train_items: Sequence[Prepared],
     config: TrainingConfig,
     run_dir: Path,
@@ -178,78 +252,140 @@ def fit(
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    lrs: Mapping[str, float] | None = None,
+    export: bool = True,
 ) -> FitResult:
-    """Train unit's prompt (and head) on train_items; evaluate() returns dev metrics for keeping the best."""
+    """Train the prompts (and heads) of one task, or of several in mixed batches, on train_items.
+
+    One task: units is its TaskPrompt and evaluate() returns its dev metrics. Several: units maps
+    each item's key to its TaskPrompt, evaluate() returns {key: metrics}, and every task keeps its own
+    best prompt by its own metric. lrs: a prompt learning rate per key (default training.lr).
+    export=False: the units cannot export tensors (a projector feeding them); only train.
+
+    Under `accelerate launch` every process takes its share of each batch, the trainable gradients
+    are summed over the processes, and only the main process writes files.
+    """
+    single = isinstance(units, TaskPrompt)
+    if single:
+        only = units
+        units = {only.key: only}
+        evaluate_one = evaluate
+        evaluate = (lambda: {only.key: evaluate_one()}) if evaluate_one is not None else None
+    units = dict(units)
+    procs = processes()
+    main = procs.main
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    unit.to(pm.base.device)
-    optimizer = _optimizer(unit, config)
-    scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    metric = config.metric if config.metric != "auto" else unit.task.metric_names[0]
-    if metric not in unit.task.metric_names:
-        raise ConfigError(f"training.metric={metric!r} is not one of this task's: {', '.join(unit.task.metric_names)}")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    modules = {"unit": next(iter(units.values()))} if single else {f"unit:{k}": u for k, u in units.items()}
+    for unit in units.values():
+        unit.to(pm.base.device)
+    optimizer = build_optimizer(units, config, lrs)
+    scheduler = build_scheduler(optimizer, config)
+    autocast, scaler = autocast_for(config, pm.base.device)
+    metrics = {}
+    for key, unit in units.items():
+        metrics[key] = config.metric if config.metric != "auto" else unit.task.metric_names[0]
+        if metrics[key] not in unit.task.metric_names:
+            raise ConfigError(f"training.metric={metrics[key]!r} is not one of {'this' if single else key + chr(39) + 's'} "
+                              f"task's: {', '.join(unit.task.metric_names)}")
+    balanced = config.sampling is Sampling.BALANCED
+    if balanced and not single:
+        raise ConfigError("training.sampling='balanced' balances the classes of one task; a run of several tasks "
+                          "mixes them with training.mixing (proportional | temperature)")
     history: list[dict] = []
-    best = {"metric": None, "step": 0, "bad_evals": 0}
-    best_path = run_dir / "best.safetensors"
+    best = {key: {"metric": None, "step": 0, "bad_evals": 0} for key in units}
+    best_paths = {key: run_dir / ("best.safetensors" if single else f"best-{key}.safetensors") for key in units}
     step = 0
     running: list[float] = []  # losses since the last log line
     if resume:
         found = latest_checkpoint(run_dir)
         if found is not None:
-            step, extra = load_training_state(found, modules={"unit": unit}, optimizer=optimizer, scheduler=scheduler)
+            step, extra = load_training_state(found, modules=modules, optimizer=optimizer, scheduler=scheduler)
             history, best = extra["history"], extra["best"]
+            if "metric" in best:  # a one-task checkpoint of before several tasks
+                best = {next(iter(units)): best}
             running = list(extra.get("running", []))
+            if scaler is not None and extra.get("scaler"):
+                scaler.load_state_dict(extra["scaler"])
     if step == 0:
         torch.manual_seed(config.seed)  # dropout; a resumed run restores the RNG state instead
     checkpoint_every = config.checkpoint_every or config.eval_every
-    best_tensors = PromptArtifact.load(best_path).tensors if (resume and best_path.exists()) else export_unit(unit)
-    writer = _tensorboard(run_dir)
-    task = unit.task
+    best_tensors: dict[str, dict[str, torch.Tensor]] = {}
+    if export:
+        for key, unit in units.items():
+            path = best_paths[key]
+            best_tensors[key] = PromptArtifact.load(path).tensors if (resume and path.exists()) else export_unit(unit)
+    writer = _tensorboard(run_dir) if main else None
     lengths = [sum(len(r) for r in p.item.rows) for p in train_items]
-    balanced = config.sampling is Sampling.BALANCED
     if balanced:
         labels = [getattr(p.item, "label", None) for p in train_items]
         if any(not isinstance(label, int) for label in labels):
             raise ConfigError("training.sampling='balanced' needs one class label per training example "
                               "(classification); use sampling='shuffle' for this task")
+    groups = [[i for i, p in enumerate(train_items) if p.key == key] for key in units]
+    mixture = not single and config.mixing is Mixing.TEMPERATURE
     started = time.perf_counter()
     seen = 0
     eval_seconds = 0.0  # excluded from training time and speed
     stopped_early = False
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", unit="step", dynamic_ncols=True)
-    say = bar.write if progress else (log or (lambda message: None))  # lines that must not break the bar
-    unit.train()
+    bar = tqdm(total=config.steps, initial=step, disable=not (progress and main), desc="train", unit="step",
+               dynamic_ncols=True)
+    quiet = lambda message: None  # noqa: E731
+    say = (bar.write if progress else (log or quiet)) if main else quiet  # lines that must not break the bar
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for unit in units.values():
+        unit.train()
     if config.gradient_checkpointing:
         set_checkpointing(pm.model, True)
     if config.model_dropout:
         pm.model.train()  # its dropout layers; evaluation switches them off again
 
     def run_evaluation() -> None:
-        """Score the prompt as it is now on dev, log it, and keep it when it beats every earlier score."""
-        nonlocal best_tensors, eval_seconds
-        unit.eval()
+        """Score the prompts as they are now on dev, log them, and keep each that beats its earlier scores."""
+        nonlocal eval_seconds
+        for unit in units.values():
+            unit.eval()
         if config.model_dropout:
             pm.model.eval()  # no dropout, and no checkpointing either (no gradients here)
         eval_started = time.perf_counter()
-        scores = evaluate()
+        scores_by_key = evaluate()
         eval_seconds += time.perf_counter() - eval_started
-        unit.train()
+        for unit in units.values():
+            unit.train()
         if config.model_dropout:
             pm.model.train()
-        history.append({"step": step, **{k: v for k, v in scores.items() if isinstance(v, (int, float))}})
-        if writer:
-            for k, v in scores.items():
-                if isinstance(v, (int, float)):
-                    writer.add_scalar(f"dev/{k}", v, step)
-        value = scores[metric]
-        # Strictly better only: on a tie the earlier prompt stays (the start, when nothing beat it).
-        if best["metric"] is None or value > best["metric"]:
-            best.update(metric=value, step=step, bad_evals=0)
-            best_tensors = export_unit(unit)
-            PromptArtifact(best_tensors, {"method": "checkpoint-best", "step": step}).save(best_path)
-        else:
-            best["bad_evals"] += 1
-        say(f"step {step}: dev {metric} {value:.4f} (best {best['metric']:.4f} at step {best['step']})")
+        entry = {"step": step}
+        for key, scores in scores_by_key.items():
+            numbers = {k: v for k, v in scores.items() if isinstance(v, (int, float))}
+            entry.update(numbers if single else {f"{key}/{k}": v for k, v in numbers.items()})
+            if writer:
+                for k, v in numbers.items():
+                    writer.add_scalar(f"dev/{k}" if single else f"dev/{key}/{k}", v, step)
+            value, mine = scores[metrics[key]], best[key]
+            # Strictly better only: on a tie the earlier prompt stays (the start, when nothing beat it).
+            if mine["metric"] is None or value > mine["metric"]:
+                mine.update(metric=value, step=step, bad_evals=0)
+                if export:
+                    best_tensors[key] = export_unit(units[key])
+                    if main:
+                        PromptArtifact(best_tensors[key], {"method": "checkpoint-best", "step": step}).save(best_paths[key])
+            else:
+                mine["bad_evals"] += 1
+            name = metrics[key] if single else f"{key} {metrics[key]}"
+            say(f"step {step}: dev {name} {value:.4f} (best {mine['metric']:.4f} at step {mine['step']})")
+        history.append(entry)
+
+    def save_state(together: bool = True) -> None:
+        """A checkpoint of the state after the last finished step, written by the main process."""
+        if main:
+            extra = {"history": history, "best": best[next(iter(units))] if single else best, "running": running,
+                     **({"scaler": scaler.state_dict()} if scaler is not None else {})}
+            save_training_state(checkpoint_dir(run_dir, step), modules=modules, optimizer=optimizer,
+                                scheduler=scheduler, step=step, extra=extra)
+            prune_checkpoints(run_dir, config.keep_checkpoints)
+        if together:
+            procs.barrier()  # no process reads on before the checkpoint is whole
 
     try:
         if evaluate is not None and step == 0 and config.eval_start:
@@ -259,22 +395,40 @@ def fit(
         while step < config.steps:
             if balanced:
                 idx = balanced_batch_order(labels, config.batch_size, step, config.seed)
+            elif mixture:
+                idx = mixture_batch_order(groups, config.batch_size, step, config.seed, config.mixing_temperature)
             else:
                 idx = batch_order(len(train_items), config.batch_size, step, config.seed,
                                   lengths if config.group_by_length else None)
+            if procs.active:  # dropout masks: a function of (seed, step, process), so resume needs no RNG state
+                torch.manual_seed((config.seed * 1_000_003 + step) * 1_009 + procs.rank)
             optimizer.zero_grad(set_to_none=True)
             loss_value = 0.0
-            total = max(1, task.loss_count([train_items[i].item for i in idx]))
-            for chunk in micro_batches(idx, lengths, config.micro_batch_tokens):
+            by_key: dict[str, list] = {}
+            for i in idx:
+                by_key.setdefault(train_items[i].key, []).append(train_items[i].item)
+            # Every process divides by the whole batch's count: the summed gradients are the batch's.
+            total = max(1, sum(units[k].task.loss_count(items) for k, items in by_key.items()))
+            for chunk in micro_batches(procs.shard(idx), lengths, config.micro_batch_tokens):
                 items = [train_items[i] for i in chunk]
-                outputs = class_logits(pm, {unit.key: unit}, items, config.padding_side)
-                # summed per micro-batch, divided by the whole batch's count: the gradients add up exactly
-                loss = task.loss_sum(outputs, [p.item for p in items]) / total
-                loss.backward()
+                with autocast():
+                    outputs = class_logits(pm, units, items, config.padding_side)
+                    # summed per micro-batch and task, divided by the whole batch's count: gradients add up exactly
+                    loss = sum(units[k].task.loss_sum([o for o, p in zip(outputs, items) if p.key == k],
+                                                      [p.item for p in items if p.key == k])
+                               for k in dict.fromkeys(p.key for p in items)) / total
+                (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss_value += loss.item()
-            params = [p for g in optimizer.param_groups for p in g["params"]]
+            procs.sum_gradients(params)
+            loss_value = procs.sum_float(loss_value)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             scheduler.step()
             step += 1
             seen += len(idx)
@@ -293,10 +447,10 @@ def fit(
                 running = []
             if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
                 run_evaluation()
-                if config.patience is not None and best["bad_evals"] >= config.patience:
+                if config.patience is not None and all(b["bad_evals"] >= config.patience for b in best.values()):
                     stopped_early = True
             if step % checkpoint_every == 0 or step == config.steps or stopped_early:
-                _checkpoint(run_dir, unit, optimizer, scheduler, step, history, best, running, config.keep_checkpoints)
+                save_state()
             if on_step is not None:
                 on_step(step)
             if stopped_early:
@@ -304,7 +458,7 @@ def fit(
                 break
     except KeyboardInterrupt:
         # The state after the last finished step is consistent: keep it so `--resume` continues.
-        _checkpoint(run_dir, unit, optimizer, scheduler, step, history, best, running, config.keep_checkpoints)
+        save_state(together=False)  # the other processes may be gone already: no barrier
         bar.close()
         raise
     finally:
@@ -315,39 +469,36 @@ def fit(
         if writer:
             writer.close()
     elapsed = time.perf_counter() - started - eval_seconds
-    if evaluate is None:
-        best_tensors = export_unit(unit)
-    kept_start = evaluate is not None and step > 0 and best["step"] == 0
-    if kept_start:
-        say(f"no evaluation beat the starting prompt (dev {metric} {best['metric']:.4f} at step 0): keeping it")
-    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
-    try:
-        _plot(history, run_dir / "training.png", metric)
-    except Exception as exc:  # a plot must never lose a trained prompt
-        print(f"warning: could not draw training.png ({exc})")
+    per_task = {}
+    for key, unit in units.items():
+        if evaluate is None and export:
+            best_tensors[key] = export_unit(unit)
+        kept_start = evaluate is not None and step > 0 and best[key]["step"] == 0 and best[key]["metric"] is not None
+        if kept_start:
+            name = metrics[key] if single else f"{key} {metrics[key]}"
+            say(f"no evaluation beat the starting prompt (dev {name} {best[key]['metric']:.4f} at step 0): keeping it")
+        per_task[key] = TaskBest(tensors=best_tensors.get(key, {}), metric=best[key]["metric"],
+                                 step=best[key]["step"] if evaluate is not None else step, kept_start=kept_start)
+    if main:
+        (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+        try:
+            _plot(history, run_dir / "training.png",
+                  [metrics[k] if single else f"{k}/{metrics[k]}" for k in units])
+        except Exception as exc:  # a plot must never lose a trained prompt
+            print(f"warning: could not draw training.png ({exc})")
+    first = per_task[next(iter(units))]
     return FitResult(
-        best_tensors=best_tensors,
-        best_metric=best["metric"],
-        best_step=best["step"] if evaluate is not None else step,
+        best_tensors=first.tensors,
+        best_metric=first.metric,
+        best_step=first.step,
         steps_done=step,
         history=history,
         train_seconds=elapsed,
         samples_per_second=seen / elapsed if elapsed > 0 else 0.0,
         stopped_early=stopped_early,
-        kept_start=kept_start,
+        kept_start=first.kept_start,
+        per_task=per_task,
     )
-
-
-def _checkpoint(run_dir, unit, optimizer, scheduler, step, history, best, running, keep):
-    save_training_state(
-        checkpoint_dir(run_dir, step),
-        modules={"unit": unit},
-        optimizer=optimizer,
-        scheduler=scheduler,
-        step=step,
-        extra={"history": history, "best": best, "running": running},
-    )
-    prune_checkpoints(run_dir, keep)
 
 
 def _tensorboard(run_dir: Path):

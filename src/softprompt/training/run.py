@@ -21,6 +21,7 @@ from ..configs import (
     DataConfig,
     ModelConfig,
     RunConfig,
+    TrainingConfig,
     from_dict,
     load_run_config,
     to_dict,
@@ -38,6 +39,7 @@ from ..tasks.metrics import format_report
 from ..tasks.readers import DataWarning, Example, read_examples, sample_k_per_class, split_examples
 from ..tasks.runner import Prepared, TaskPrompt, export_unit, predict_logits
 from ..tasks.token_labelling import TokenLabellingConfig, TokenLabellingTask
+from .distributed import processes
 
 TASK_KINDS = {
     "generation": (GenerationConfig, GenerationTask),
@@ -56,11 +58,16 @@ def resolve_device(device: str) -> str:
 
 
 def load_model(config: ModelConfig | Mapping | str) -> BaseModel:
-    """The frozen base model a ModelConfig (or a bare name) describes."""
+    """The frozen base model a ModelConfig (or a bare name) describes (under a data-parallel launcher,
+    on the GPU the launcher gave this process)."""
     if isinstance(config, str):
         config = ModelConfig(name=config)
     config = from_dict(ModelConfig, config) if not isinstance(config, ModelConfig) else config
-    return load_base(config.name, dtype=config.dtype, device=resolve_device(config.device))
+    device = resolve_device(config.device)
+    procs = processes()
+    if procs.active and device.startswith("cuda") and procs.device is not None and procs.device.type == "cuda":
+        device = str(procs.device)
+    return load_base(config.name, dtype=config.dtype, device=device, device_map=config.device_map)
 
 
 def split_kind(section: Mapping[str, Any], key: str, default: str) -> tuple[str, dict]:
@@ -144,12 +151,16 @@ class TrainResult:
     trainable_parameters: int
     history: list[dict] = field(default_factory=list)
     kept_start: bool = False  # no evaluation beat the starting prompt (step 0), so the artifact holds it
+    tasks: dict[str, "TrainResult"] = field(default_factory=dict)  # a run of several tasks: each one's result
 
 
 def evaluate_items(pm, unit, items, examples, batch_size, padding_side) -> dict:
-    if hasattr(unit.task, "evaluate"):  # generation: decode, then score the text
+    """A task's metrics on labelled items; data-parallel processes score a share each and gather."""
+    if hasattr(unit.task, "evaluate"):  # generation: decode, then score the text (every process: whole split)
         return unit.task.evaluate(pm, unit, items, examples, batch_size, padding_side)
-    outputs = predict_logits(pm, {unit.key: unit}, items, batch_size, padding_side, progress=True)
+    procs = processes()
+    outputs = predict_logits(pm, {unit.key: unit}, procs.shard(items), batch_size, padding_side, progress=procs.main)
+    outputs = procs.gather_tensors(outputs)
     return unit.task.metrics(outputs, [p.item for p in items], examples)
 
 
@@ -174,6 +185,141 @@ def random_split(examples: Sequence, fraction: float, seed: int) -> tuple[list, 
     return [examples[i] for i in keep], [examples[i] for i in dev]
 
 
+@dataclass
+class _TaskRun:
+    """One task of a run, set up: its examples, prompt and task module, and its items."""
+
+    name: str
+    key: str
+    task_section: dict
+    data: DataConfig
+    method_cls: type
+    m_config: Any
+    labels: list[str]
+    unit: TaskPrompt
+    train_items: list[Prepared]
+    dev_examples: list
+    dev_items: list[Prepared]
+    lr: float
+    trainable: int
+
+
+def _set_up_task(name: str, key: str, task_section: Mapping, method_section: Mapping, data: DataConfig,
+                 training: TrainingConfig, base: BaseModel, lr: float | None = None) -> _TaskRun:
+    """Read a task's data, build its prompt and task module, and prepare its items (config errors of
+    one task of several name the task)."""
+    if key == "task":
+        return _set_up(name, key, task_section, method_section, data, training, base, lr)
+    try:
+        return _set_up(name, key, task_section, method_section, data, training, base, lr)
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith("tasks.") else f"tasks.{name}: {message}") from None
+
+
+def _set_up(name, key, task_section, method_section, data, training, base, lr) -> _TaskRun:
+    where = "" if key == "task" else f"tasks.{name}: "
+    if not data.train:
+        raise ConfigError(f"{where}data.train is not set: give the training file (data.train=path/to/train.jsonl)")
+    kind = task_kind(task_section)
+    train_examples = read_split(data.train, data, limit=data.max_train, kind=kind)
+    dev_examples = read_split(data.dev, data, limit=data.max_dev, kind=kind) if data.dev else []
+    if not dev_examples and data.dev_fraction > 0 and len(train_examples) >= 10:
+        split = split_examples if kind == "classification" else random_split
+        train_examples, dev_examples = split(train_examples, data.dev_fraction, training.seed)
+    if kind == "classification":
+        warn_if_cut_misses_labels(data.dev, "data.max_dev", data.max_dev, dev_examples,
+                                  {e.label for e in train_examples})
+        warn_if_cut_misses_labels(data.train, "data.max_train", data.max_train, train_examples,
+                                  {e.label for e in dev_examples})
+    if data.k_shot and kind != "classification":
+        raise ConfigError(f"{where}data.k_shot samples k examples per class; it applies to classification only")
+    if data.k_shot:
+        train_examples = sample_k_per_class(train_examples, data.k_shot, training.seed)
+    method_cls, m_config = method_config(method_section)
+    lr = lr or training.lr or default_lr(method_cls, base.info.kind)
+    labels = labels_of(task_section, train_examples)
+    torch.manual_seed(training.seed)  # the head's initial weights are part of the run's seed
+    task = build_task(task_section, base, labels, getattr(m_config, "num_virtual_tokens", 0))
+    method = method_cls.initialise(m_config, base, label_words=task.label_words)
+    unit = TaskPrompt(key, method, task)
+    train_items = prepare(task, key, train_examples)
+    dev_items = prepare(task, key, dev_examples)
+    if training.class_weights not in (None, "none"):
+        if kind != "classification":
+            raise ConfigError(f"{where}training.class_weights weighs classes of a classification task; "
+                              f"task.kind={kind!r} has none")
+        task.class_weights = class_weight_tensor(training.class_weights, labels, [p.item.label for p in train_items])
+    trainable = sum(p.numel() for p in unit.parameters() if p.requires_grad)
+    return _TaskRun(name, key, dict(task_section), data, method_cls, m_config, labels, unit, train_items,
+                    dev_examples, dev_items, lr, trainable)
+
+
+def _save_task(run: _TaskRun, best, run_dir: Path, base: BaseModel, pm: PromptedModel, training: TrainingConfig,
+               result, log: Callable[[str], None]) -> TrainResult:
+    """Write a task's artifact (its kept prompt) and metrics into run_dir, scored as a user would load it."""
+    procs = processes()
+    t, data, task = training, run.data, run.unit.task
+    meta = {
+        "method": run.method_cls.name,
+        "method_config": to_dict(run.m_config),
+        "task": {**to_dict(task.config), "kind": task.kind, "labels": run.labels,
+                 **({"template": str(task.template)} if task.kind == "classification" else {})},
+        "data_fields": {"text_field": data.text_field, "text_b_field": data.text_b_field, "label_field": data.label_field},
+        "base_model": {
+            "name": base.name,
+            **base.fingerprint_meta(),  # fingerprint, its version, weights digest, dtype
+            "model_type": base.info.model_type,
+            "hidden_size": base.info.hidden_size,
+            "num_layers": base.info.num_layers,
+        },
+        "training": {**to_dict(t), "lr": run.lr, "best_step": best.step, "steps_done": result.steps_done,
+                     "kept_start": best.kept_start,
+                     "train_seconds": round(result.train_seconds, 1),
+                     "samples_per_second": round(result.samples_per_second, 2)},
+        "softprompt_version": __version__,
+        "name": run.name,
+    }
+    path = run_dir / "prompt.safetensors"
+    artifact = PromptArtifact(best.tensors, meta)
+    if procs.main:
+        artifact.save(path)
+    procs.barrier()
+    # Final metrics come from the saved file itself, attached as a user would attach it.
+    loaded = load_prompt(path, base, key=run.key)
+    metrics: dict[str, Any] = {}
+    kind = task_kind(run.task_section)
+    if run.dev_items:
+        metrics["dev"] = evaluate_items(pm, loaded.unit, prepare(loaded.unit.task, run.key, run.dev_examples),
+                                        run.dev_examples, t.eval_batch_size, t.padding_side)
+        log(format_report(metrics["dev"]))
+    if data.test:
+        test_examples = read_split(data.test, data, kind=kind)
+        test_items = prepare(loaded.unit.task, run.key, test_examples)
+        metrics["test"] = evaluate_items(pm, loaded.unit, test_items, test_examples, t.eval_batch_size, t.padding_side)
+    artifact.meta["metrics"] = {split: {k: v for k, v in m.items() if k != "per_class"} for split, m in metrics.items()}
+    if procs.main:
+        artifact.save(path)
+        # Beside the splits: which evaluation the artifact comes from, and whether training improved on the start.
+        (run_dir / "metrics.json").write_text(json.dumps(
+            {**metrics, "best_step": best.step, "kept_start": best.kept_start}, indent=1))
+    kept = (f": the starting prompt, since no evaluation in {result.steps_done} steps beat it (training.lr={run.lr:g}; "
+            "try a lower one, or `softprompt sweep`)") if best.kept_start else ""
+    log(f"saved {path} ({path.stat().st_size:,} bytes){kept}")
+    return TrainResult(
+        artifact=path,
+        run_dir=run_dir,
+        metrics=metrics,
+        best_step=best.step,
+        steps=result.steps_done,
+        train_seconds=result.train_seconds,
+        samples_per_second=result.samples_per_second,
+        trainable_parameters=run.trainable,
+        history=result.history,
+        kept_start=best.kept_start,
+    )
+
+
 def train(
     config: RunConfig | Mapping | str | Path,
     overrides: Sequence[str] = (),
@@ -184,116 +330,77 @@ def train(
     on_step: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train a prompt as the config says; writes the artifact, resolved config and logs to the run dir."""
-    from .loop import FitResult, fit
+    """Train a prompt as the config says (or one per task when it lists several tasks, trained together
+    in mixed batches); writes the artifacts, resolved config and logs to the run dir.
+
+    Under `accelerate launch` (or torchrun) the processes split every batch and evaluation; the main
+    process alone logs and writes files."""
+    from .loop import FitResult, TaskBest, fit
 
     config = load_run_config(config, overrides)
-    data = config.data
-    if not data.train:
-        raise ConfigError("data.train is not set: give the training file (data.train=path/to/train.jsonl)")
-    kind = task_kind(config.task)
-    train_examples = read_split(data.train, data, limit=data.max_train, kind=kind)
-    dev_examples = read_split(data.dev, data, limit=data.max_dev, kind=kind) if data.dev else []
-    if not dev_examples and data.dev_fraction > 0 and len(train_examples) >= 10:
-        split = split_examples if kind == "classification" else random_split
-        train_examples, dev_examples = split(train_examples, data.dev_fraction, config.training.seed)
-    if kind == "classification":
-        warn_if_cut_misses_labels(data.dev, "data.max_dev", data.max_dev, dev_examples,
-                                  {e.label for e in train_examples})
-        warn_if_cut_misses_labels(data.train, "data.max_train", data.max_train, train_examples,
-                                  {e.label for e in dev_examples})
-    if data.k_shot and kind != "classification":
-        raise ConfigError("data.k_shot samples k examples per class; it applies to classification only")
-    if data.k_shot:
-        train_examples = sample_k_per_class(train_examples, data.k_shot, config.training.seed)
+    procs = processes()
+    if not procs.main:
+        log, progress = (lambda message: None), False
     base = base or load_model(config.model)
-    method_cls, m_config = method_config(config.method)
-    if config.training.lr is None:
-        config.training.lr = default_lr(method_cls, base.info.kind)
-    labels = labels_of(config.task, train_examples)
-    torch.manual_seed(config.training.seed)  # the head's initial weights are part of the run's seed
-    task = build_task(config.task, base, labels, getattr(m_config, "num_virtual_tokens", 0))
-    method = method_cls.initialise(m_config, base, label_words=task.label_words)
-    unit = TaskPrompt("task", method, task)
-    pm = PromptedModel(base)
-    train_items = prepare(task, unit.key, train_examples)
-    dev_items = prepare(task, unit.key, dev_examples)
-    if config.training.class_weights not in (None, "none"):
-        if kind != "classification":
-            raise ConfigError(f"training.class_weights weighs classes of a classification task; task.kind={kind!r} "
-                              "has none")
-        task.class_weights = class_weight_tensor(config.training.class_weights, labels,
-                                                 [p.item.label for p in train_items])
-    trainable = sum(p.numel() for p in unit.parameters() if p.requires_grad)
-    run_dir = config.run_dir
-    log(
-        f"{base.name}: {len(train_items)} training and {len(dev_items)} dev examples, "
-        f"{method_cls.name} with {trainable:,} trainable parameters -> {run_dir}"
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     t = config.training
-    evaluate = (lambda: evaluate_items(pm, unit, dev_items, dev_examples, t.eval_batch_size, t.padding_side)) if dev_items else None
-    if trainable:
-        result = fit(pm, unit, train_items, t, run_dir, evaluate=evaluate, resume=resume, progress=progress,
-                     on_step=on_step, log=log)
-    else:  # a hard prompt on a verbalizer: nothing to train, the prompt is kept as written
+    if config.tasks:
+        runs = [_set_up_task(e.name, e.name, e.task if e.task is not None else config.task,
+                             e.method if e.method is not None else config.method, e.data, t, base, e.lr)
+                for e in config.tasks]
+    else:
+        runs = [_set_up_task(config.name, "task", config.task, config.method, config.data, t, base)]
+    if t.lr is None and len(runs) == 1:
+        t.lr = runs[0].lr
+    pm = PromptedModel(base)
+    run_dir = config.run_dir
+    for run in runs:
+        log(f"{base.name}{'' if len(runs) == 1 else ' ' + run.name}: {len(run.train_items)} training and "
+            f"{len(run.dev_items)} dev examples, {run.method_cls.name} with {run.trainable:,} trainable parameters"
+            + ("" if len(runs) > 1 else f" -> {run_dir}"))
+    if len(runs) > 1:
+        log(f"{len(runs)} tasks trained together ({t.mixing.value} mixing) -> {run_dir}")
+    if procs.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    procs.barrier()
+
+    def evaluate_all() -> dict:
+        return {r.key: evaluate_items(pm, r.unit, r.dev_items, r.dev_examples, t.eval_batch_size, t.padding_side)
+                for r in runs if r.dev_items}
+
+    if sum(r.trainable for r in runs):
+        has_dev = any(r.dev_items for r in runs)
+        if len(runs) == 1:
+            run = runs[0]
+            result = fit(pm, run.unit, run.train_items, t, run_dir,
+                         evaluate=(lambda: evaluate_all()[run.key]) if has_dev else None, resume=resume,
+                         progress=progress, on_step=on_step, log=log)
+        else:
+            result = fit(pm, {r.key: r.unit for r in runs}, [i for r in runs for i in r.train_items], t, run_dir,
+                         evaluate=evaluate_all if has_dev else None, resume=resume, progress=progress,
+                         on_step=on_step, log=log, lrs={r.key: r.lr for r in runs})
+    else:  # hard prompts on verbalizers: nothing to train, the prompts are kept as written
         log("nothing trainable (a hard prompt): saving it as written and evaluating it")
-        result = FitResult(best_tensors=export_unit(unit), best_metric=None, best_step=0, steps_done=0, history=[],
-                           train_seconds=0.0, samples_per_second=0.0, stopped_early=False)
-    meta = {
-        "method": method_cls.name,
-        "method_config": to_dict(m_config),
-        "task": {**to_dict(task.config), "kind": task.kind, "labels": labels,
-                 **({"template": str(task.template)} if task.kind == "classification" else {})},
-        "data_fields": {"text_field": data.text_field, "text_b_field": data.text_b_field, "label_field": data.label_field},
-        "base_model": {
-            "name": base.name,
-            **base.fingerprint_meta(),  # fingerprint, its version, weights digest, dtype
-            "model_type": base.info.model_type,
-            "hidden_size": base.info.hidden_size,
-            "num_layers": base.info.num_layers,
-        },
-        "training": {**to_dict(t), "best_step": result.best_step, "steps_done": result.steps_done,
-                     "kept_start": result.kept_start,
-                     "train_seconds": round(result.train_seconds, 1),
-                     "samples_per_second": round(result.samples_per_second, 2)},
-        "softprompt_version": __version__,
-        "name": config.name,
-    }
-    path = run_dir / "prompt.safetensors"
-    artifact = PromptArtifact(result.best_tensors, meta)
-    artifact.save(path)
-    # Final metrics come from the saved file itself, attached as a user would attach it.
-    loaded = load_prompt(path, base, key=unit.key)
-    metrics: dict[str, Any] = {}
-    if dev_items:
-        metrics["dev"] = evaluate_items(pm, loaded.unit, prepare(loaded.unit.task, unit.key, dev_examples),
-                                         dev_examples, t.eval_batch_size, t.padding_side)
-        log(format_report(metrics["dev"]))
-    if data.test:
-        test_examples = read_split(data.test, data, kind=kind)
-        test_items = prepare(loaded.unit.task, unit.key, test_examples)
-        metrics["test"] = evaluate_items(pm, loaded.unit, test_items, test_examples, t.eval_batch_size, t.padding_side)
-    artifact.meta["metrics"] = {split: {k: v for k, v in m.items() if k != "per_class"} for split, m in metrics.items()}
-    artifact.save(path)
-    # Beside the splits: which evaluation the artifact comes from, and whether training improved on the start.
-    (run_dir / "metrics.json").write_text(json.dumps(
-        {**metrics, "best_step": result.best_step, "kept_start": result.kept_start}, indent=1))
-    kept = (f": the starting prompt, since no evaluation in {result.steps_done} steps beat it (training.lr={t.lr:g}; "
-            "try a lower one, or `softprompt sweep`)") if result.kept_start else ""
-    log(f"saved {path} ({path.stat().st_size:,} bytes){kept}")
+        result = FitResult(best_tensors=export_unit(runs[0].unit), best_metric=None, best_step=0, steps_done=0,
+                           history=[], train_seconds=0.0, samples_per_second=0.0, stopped_early=False,
+                           per_task={r.key: TaskBest(export_unit(r.unit), None, 0) for r in runs})
+    if len(runs) == 1:
+        best = result.per_task.get(runs[0].key) or TaskBest(result.best_tensors, result.best_metric, result.best_step,
+                                                            result.kept_start)
+        return _save_task(runs[0], best, run_dir, base, pm, t, result, log)
+    results = {}
+    for run in runs:
+        task_dir = run_dir / run.name
+        if procs.main:
+            task_dir.mkdir(parents=True, exist_ok=True)
+        procs.barrier()
+        results[run.name] = _save_task(run, result.per_task[run.key], task_dir, base, pm, t, result, log)
+    first = next(iter(results.values()))
     return TrainResult(
-        artifact=path,
-        run_dir=run_dir,
-        metrics=metrics,
-        best_step=result.best_step,
-        steps=result.steps_done,
-        train_seconds=result.train_seconds,
-        samples_per_second=result.samples_per_second,
-        trainable_parameters=trainable,
-        history=result.history,
-        kept_start=result.kept_start,
+        artifact=first.artifact, run_dir=run_dir, metrics={name: r.metrics for name, r in results.items()},
+        best_step=first.best_step, steps=result.steps_done, train_seconds=result.train_seconds,
+        samples_per_second=result.samples_per_second, trainable_parameters=sum(r.trainable for r in runs),
+        history=result.history, kept_start=first.kept_start, tasks=results,
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from enum import Enum
@@ -234,7 +235,9 @@ def finetune_projector(projector: Projector, sources: Sequence[tuple], *, base, 
     from ..training.run import build_task, labels_of, prepare, read_split
     from ..configs import load_run_config
     from ..tasks.readers import sample_k_per_class
-    from ..tasks.runner import TaskPrompt, train_mixed
+    from ..configs import TrainingConfig
+    from ..tasks.runner import TaskPrompt
+    from ..training.loop import fit
 
     if not sources:
         raise ConfigError("task-loss fine-tuning needs at least one (source prompt, target task config) pair")
@@ -256,8 +259,12 @@ def finetune_projector(projector: Projector, sources: Sequence[tuple], *, base, 
         units[key] = TaskPrompt(key, _ProjectedPrompt(projector, prompt.to(base.device)), task).to(base.device)
         items.extend(prepare(task, key, examples))
     pm = PromptedModel(base)
-    optimizer = torch.optim.AdamW(projector.parameters(), lr=lr, weight_decay=0.0)
-    train_mixed(pm, units, items, optimizer, projector.parameters(), steps, batch_size, seed, log, "projector fine-tune")
+    # The one training loop: the projector is the only trainable part (every unit's prompt is made by
+    # it), at a constant learning rate; its checkpoints go to a scratch folder.
+    config = TrainingConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, warmup=0, schedule="constant",
+                            eval_start=False, eval_every=steps, log_every=max(1, steps // 5))
+    with tempfile.TemporaryDirectory(prefix="softprompt-projector-") as scratch:
+        fit(pm, units, items, config, Path(scratch), progress=False, log=log, export=False)
     projector.meta.setdefault("finetune", []).append({"steps": steps, "lr": lr, "tasks": len(sources)})
     return projector
 

@@ -17,8 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from ..core import PromptArtifact, PromptedModel
 from ..errors import ConfigError
 
@@ -112,7 +110,9 @@ def multitask_mixture(sources: Sequence, *, steps: int, base, output: str | Path
     from ..configs import load_run_config, to_dict
     from ..methods.prompt_tuning import PromptTuning, PromptTuningConfig
     from ..tasks.readers import sample_k_per_class
-    from ..tasks.runner import TaskPrompt, train_mixed
+    from ..configs import TrainingConfig
+    from ..tasks.runner import TaskPrompt
+    from ..training.loop import fit
 
     if not sources:
         raise ConfigError("the multitask mixture needs at least one source task")
@@ -130,12 +130,12 @@ def multitask_mixture(sources: Sequence, *, steps: int, base, output: str | Path
         items.extend(prepare(task, key, examples))
         names.append(c.name)
     pm = PromptedModel(base)
-    heads = [p for u in units.values() for p in u.task.parameters() if p.requires_grad]
-    groups = [{"params": [method.embedding], "lr": lr}] + ([{"params": heads, "lr": 2e-3}] if heads else [])
-    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
-    torch.manual_seed(seed)
+    # The one training loop, with the prompt shared by every source task (so it is trained once) and a
+    # constant learning rate; batches are drawn from the pooled data, as SPoT mixes in proportion to size.
+    config = TrainingConfig(steps=steps, batch_size=batch_size, lr=lr, head_lr=2e-3, seed=seed, warmup=0,
+                            schedule="constant", eval_start=False, eval_every=steps, log_every=max(1, steps // 5))
     started = time.perf_counter()
-    train_mixed(pm, units, items, optimizer, method.parameters(), steps, batch_size, seed, log, "multitask mixture")
+    fit(pm, units, items, config, Path(output), progress=False, log=log)
     first = next(iter(units.values())).task
     meta = {
         "method": "prompt_tuning", "name": "mixture-" + "+".join(names),
