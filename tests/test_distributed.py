@@ -37,10 +37,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(config: Path, name: str, *extra: str, wait: bool = True):
+def launch(config: Path, name: str, *extra: str, wait: bool = True, command: str = "train"):
     command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               "-m", "softprompt.cli", "train", str(config), f"name={name}", "--quiet", *extra]
+               "-m", "softprompt.cli", command, str(config), f"name={name}",
+               *(["--quiet"] if command == "train" else []), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                start_new_session=True)
@@ -105,3 +106,12 @@ def test_a_killed_two_process_run_resumes_to_the_same_prompt(setup):
     for key in expected:
         assert torch.equal(got[key], expected[key]), key
     assert json.loads((cut / "history.json").read_text()) == json.loads((tmp / "runs" / "two" / "history.json").read_text())
+
+
+def test_a_sweep_runs_data_parallel_and_the_main_process_reports(setup):
+    tmp, config = setup
+    out = launch(config, "sweep", "--lr", "0.1", "--lr", "0.01", "--length", "4", "--min-steps", "4", "--rungs", "2",
+                 "--eta", "2", command="sweep")
+    assert out.count("best: lr") == 1
+    rows = json.loads((tmp / "runs" / "sweep" / "sweep.json").read_text())
+    assert sorted(r["lr"] for r in rows) == [0.01, 0.1] and (tmp / "runs" / "sweep" / "prompt.safetensors").exists()

@@ -54,8 +54,12 @@ def sweep(config, lrs: Sequence[float], lengths: Sequence[int], *, min_steps: in
           rungs: int = 3, overrides: Sequence[str] = (), progress: bool = False,
           log: Callable[[str], None] = print) -> SweepResult:
     """Successive halving over (lr, length); returns the table and the best candidate's artifact."""
+    from .training.distributed import processes
     from .training.run import load_model, train
 
+    procs = processes()  # under `accelerate launch` every candidate trains data-parallel; the main process writes
+    if not procs.main:
+        log = lambda message: None  # noqa: E731
     if not lrs or not lengths:
         raise ConfigError("sweep needs at least one learning rate and one prompt length")
     if eta < 2 or rungs < 1 or min_steps < 1:
@@ -88,10 +92,12 @@ def sweep(config, lrs: Sequence[float], lengths: Sequence[int], *, min_steps: in
             steps *= eta
     best = max(rows, key=lambda r: (max(r.scores.values()), r.last))
     artifact = base_config.run_dir / "prompt.safetensors"
-    artifact.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(best.run_dir / "prompt.safetensors", artifact)
     result = SweepResult(rows, best, artifact, metric)
-    (base_config.run_dir / "sweep.md").write_text(result.table() + "\n")
-    (base_config.run_dir / "sweep.json").write_text(json.dumps(
-        [{"lr": r.lr, "length": r.length, "scores": r.scores} for r in rows], indent=1))
+    if procs.main:
+        artifact.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best.run_dir / "prompt.safetensors", artifact)
+        (base_config.run_dir / "sweep.md").write_text(result.table() + "\n")
+        (base_config.run_dir / "sweep.json").write_text(json.dumps(
+            [{"lr": r.lr, "length": r.length, "scores": r.scores} for r in rows], indent=1))
+    procs.barrier()
     return result

@@ -21,8 +21,11 @@ def sweep(
 ):
     """Search learning rate and prompt length by successive halving; keep the best prompt."""
     from ..sweep import sweep as run_sweep
+    from ..training.distributed import processes
 
     result = _run(run_sweep, config, lr, length, min_steps=min_steps, eta=eta, rungs=rungs,
                   overrides=overrides or [], log=typer.echo)
+    if not processes().main:  # under a data-parallel launcher the main process reports
+        return
     typer.echo(result.table())
     typer.echo(f"best: lr {result.best.lr:g}, length {result.best.length}; prompt kept at {result.artifact}")
