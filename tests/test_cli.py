@@ -125,6 +125,10 @@ def test_bad_configs(tmp_path):
     assert "init_text" in error_line(sp("train", path, "method.init=text"))
     assert "column" in error_line(sp("train", path, "task.template={text"))
     assert "config file not found" in error_line(sp("train", tmp_path / "none.yaml"))
+    config["training"]["stepz"] = 5  # a wrong key in the file itself: the line names the file
+    path.write_text(yaml.safe_dump(config))
+    result = sp("train", path)
+    assert result.returncode == 2 and error_line(result).startswith(f"error: {path}: unknown key training.'stepz'")
 
 
 def test_sweep_command_prints_the_table(tmp_path):

@@ -436,7 +436,13 @@ def load_run_config(source: str | Path | Mapping | RunConfig, overrides: Sequenc
     else:
         data = dict(source)
     data = apply_overrides(_deep_copy(data), overrides)
-    config = from_dict(RunConfig, data)
+    try:
+        config = from_dict(RunConfig, data)
+    except ConfigError as exc:
+        if base_dir is None:
+            raise
+        # Name the file whose sections are wrong (an override may be the cause: say they were applied).
+        raise ConfigError(f"{source}{' (with overrides)' if overrides else ''}: {exc}") from None
     if base_dir is not None:
         for section in [config.data] + [t.data for t in config.tasks]:
             resolve_data_paths(section, base_dir)
