@@ -66,6 +66,17 @@ def test_a_two_task_run_resumes_to_the_same_prompts(tmp_path):
     assert resumed.history == full.history
 
 
+def test_a_task_without_dev_examples_keeps_its_last_prompt(tmp_path):
+    config = two_task_config(tmp_path, steps=6, eval_every=3)
+    config["tasks"][1]["data"]["dev_fraction"] = 0
+    result = api.train(config, progress=False, log=lambda s: None)
+    questions = result.tasks["questions"]
+    assert "dev" not in questions.metrics and questions.best_step == 6 and not questions.kept_start
+    saved = PromptArtifact.load(questions.artifact).tensors
+    state = PromptArtifact.load(result.run_dir / "sentiment" / "prompt.safetensors")  # the other still picks by dev
+    assert state.meta["metrics"]["dev"]["n"] == 20 and saved
+
+
 def test_mixture_batches_follow_the_temperature_and_repeat_by_step():
     groups = [list(range(0, 900)), list(range(900, 1000))]  # 900 and 100 examples
     share = lambda t: sum(i >= 900 for s in range(200) for i in mixture_batch_order(groups, 16, s, 0, t)) / 3200  # noqa: E731

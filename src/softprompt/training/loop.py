@@ -447,7 +447,8 @@ def fit(
                 running = []
             if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
                 run_evaluation()
-                if config.patience is not None and all(b["bad_evals"] >= config.patience for b in best.values()):
+                if config.patience is not None and all(b["bad_evals"] >= config.patience
+                                                     for b in best.values() if b["metric"] is not None):
                     stopped_early = True
             if step % checkpoint_every == 0 or step == config.steps or stopped_early:
                 save_state()
@@ -471,14 +472,15 @@ def fit(
     elapsed = time.perf_counter() - started - eval_seconds
     per_task = {}
     for key, unit in units.items():
-        if evaluate is None and export:
-            best_tensors[key] = export_unit(unit)
-        kept_start = evaluate is not None and step > 0 and best[key]["step"] == 0 and best[key]["metric"] is not None
+        evaluated = best[key]["metric"] is not None  # a task of several may have no dev examples
+        if export and not evaluated:
+            best_tensors[key] = export_unit(unit)  # nothing to choose by: the last prompt
+        kept_start = evaluated and step > 0 and best[key]["step"] == 0
         if kept_start:
             name = metrics[key] if single else f"{key} {metrics[key]}"
             say(f"no evaluation beat the starting prompt (dev {name} {best[key]['metric']:.4f} at step 0): keeping it")
         per_task[key] = TaskBest(tensors=best_tensors.get(key, {}), metric=best[key]["metric"],
-                                 step=best[key]["step"] if evaluate is not None else step, kept_start=kept_start)
+                                 step=best[key]["step"] if evaluated else step, kept_start=kept_start)
     if main:
         (run_dir / "history.json").write_text(json.dumps(history, indent=1))
         try:
