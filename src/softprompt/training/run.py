@@ -303,7 +303,8 @@ def _save_task(run: _TaskRun, best, run_dir: Path, base: BaseModel, pm: Prompted
         # Beside the splits: which evaluation the artifact comes from, and whether training improved on the start.
         (run_dir / "metrics.json").write_text(json.dumps(
             {**metrics, "best_step": best.step, "kept_start": best.kept_start}, indent=1))
-    kept = (f": the starting prompt, since no evaluation in {result.steps_done} steps beat it (training.lr={run.lr:g}; "
+    option = "training.lr" if run.key == "task" else f"tasks.{run.name}.lr"
+    kept = (f": the starting prompt, since no evaluation in {result.steps_done} steps beat it ({option}={run.lr:g}; "
             "try a lower one, or `softprompt sweep`)") if best.kept_start else ""
     log(f"saved {path} ({path.stat().st_size:,} bytes){kept}")
     return TrainResult(
