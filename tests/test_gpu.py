@@ -1,4 +1,5 @@
-"""CUDA paths: bf16 base with float32 prompts, mixed batches on the GPU. Run with `pytest -m gpu`."""
+"""CUDA paths: bf16 base with float32 prompts, bf16/fp16 autocast training, mixed batches on the GPU.
+Run with `pytest -m gpu`."""
 
 import pytest
 import torch
@@ -30,6 +31,20 @@ def test_bf16_base_trains_a_float32_prompt_on_cuda(tmp_path):
     assert all(torch.isfinite(torch.tensor(losses)))
     preds = api.predict(result.artifact, ["a warm and funny film"], base=base)
     assert abs(sum(preds[0].probabilities.values()) - 1) < 1e-4
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_training_on_cuda_keeps_float32_prompts_and_learns(tmp_path, precision):
+    """training.precision on a float32 base: bf16 autocast, or fp16 autocast with a gradient scaler
+    (whose state is checkpointed); the prompt stays float32 and the loss goes down."""
+    config = run_config(tmp_path, "llama", steps=30, eval_every=10, lr=0.1, precision=precision)
+    config["model"].update(device="cuda")
+    config["data"] = {"train": config["data"]["train"], "dev_fraction": 0.0}
+    result = api.train(config, progress=False, log=lambda s: None)
+    tensors = PromptArtifact.load(result.artifact).tensors
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
