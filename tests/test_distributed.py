@@ -115,3 +115,14 @@ def test_a_sweep_runs_data_parallel_and_the_main_process_reports(setup):
     assert out.count("best: lr") == 1
     rows = json.loads((tmp / "runs" / "sweep" / "sweep.json").read_text())
     assert sorted(r["lr"] for r in rows) == [0.01, 0.1] and (tmp / "runs" / "sweep" / "prompt.safetensors").exists()
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_a_sharded_launch_is_refused_with_what_to_do(monkeypatch, variable):
+    from softprompt.errors import ConfigError
+    from softprompt.training import distributed
+
+    monkeypatch.setenv(variable, "true")
+    monkeypatch.setattr(distributed, "_current", None)
+    with pytest.raises(ConfigError, match="not supported yet.*model.device_map=auto"):
+        distributed.processes()

@@ -16,6 +16,8 @@ from typing import Sequence, TypeVar
 
 import torch
 
+from ..errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -150,6 +152,12 @@ def processes() -> Processes:
     global _current
     if _current is not None:
         return _current
+    for engine, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(variable, "").lower() in ("1", "true"):
+            raise ConfigError(f"accelerate launch with {engine}: softprompt trains data-parallel, each process holding "
+                              f"the whole frozen base model; sharding it with {engine} is not supported yet. Launch "
+                              "without it, or spread a base model too large for one device over the GPUs of one "
+                              "process with model.device_map=auto")
     if launched_world_size() <= 1:
         return _SINGLE
     from accelerate import PartialState
