@@ -287,8 +287,9 @@ def fit(
     for key, unit in units.items():
         metrics[key] = config.metric if config.metric != "auto" else unit.task.metric_names[0]
         if metrics[key] not in unit.task.metric_names:
-            raise ConfigError(f"training.metric={metrics[key]!r} is not one of {'this' if single else key + chr(39) + 's'} "
-                              f"task's: {', '.join(unit.task.metric_names)}")
+            owner = "this task's" if single else f"task {key}'s"
+            raise ConfigError(f"training.metric={metrics[key]!r} is not one of {owner}: "
+                              f"{', '.join(unit.task.metric_names)}")
     balanced = config.sampling is Sampling.BALANCED
     if balanced and not single:
         raise ConfigError("training.sampling='balanced' balances the classes of one task; a run of several tasks "
