@@ -214,6 +214,10 @@ def main():
     p.add_argument("--ppt-examples", type=int, default=4000)
     p.add_argument("--ppt-lr", type=float, default=None, help="pre-training learning rate (default: --lr)")
     p.add_argument("--ppt-batch", type=int, default=None, help="pre-training batch size (default: --batch)")
+    p.add_argument("--ppt-evals", type=int, default=5, help="dev evaluations during pre-training")
+    p.add_argument("--ppt-dev", type=int, default=300, help="dev examples of the pre-training task")
+    p.add_argument("--ppt-probe", action="store_true",
+                   help="no model: how far surface cues separate the pair task's classes (logistic regression); to --out")
     p.add_argument("--ppt-only", action="store_true", help="pre-train (or reuse) the PPT prompt and stop")
     p.add_argument("--ppt-targets", default="sst2,mr,cr,subj,trec")
     p.add_argument("--ppt-kinds", default="vanilla,ppt,vanilla_unified,ppt_unified",
@@ -238,6 +242,12 @@ def main():
     )
 
     started = time.time()
+    if a.ppt_probe:
+        result = {"machine": machine(), "texts": [str(t) for t in a.ppt_text], "probe": lexical_probe(a.ppt_text)}
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(result, indent=1))
+        print(json.dumps(result["probe"]))
+        return
     base = api.load_model({"name": a.model, "device": "cpu"})
     files = prepare_data(a.work, a.n_dev) if not (a.reuse and (a.work / "data").exists()) else {
         name: {split: str(a.work / "data" / f"{name}.{split}.jsonl") for split in ("train", "dev")} for name in TASKS}
@@ -321,6 +331,42 @@ def single_sentences(files, targets) -> list[str]:
     return texts
 
 
+def lexical_probe(texts, n: int = 12000, n_dev: int = 2000, seed: int = 0) -> dict:
+    """How far surface cues separate the pair task's 3 classes: logistic regression on overlap features
+    (tf-idf cosine, word and capitalised-word overlap, a pronoun/connective opening sentence 2, lengths),
+    no language model. Accuracy on the 3 classes and on each pair of classes, on held-out pairs."""
+    import re
+
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from softprompt.transfer.ppt import read_corpus, sentence_pair_examples
+
+    examples = sentence_pair_examples(read_corpus(texts), n, seed)
+    train, dev = examples[n_dev:], examples[:n_dev]
+    tfidf = TfidfVectorizer().fit([t for e in train for t in (e.text, e.text_b)])
+    opener = {"he", "she", "it", "they", "the", "but", "this", "that", "his", "her", "their", "its", "however", "also"}
+
+    def features(e):
+        cos = float((tfidf.transform([e.text]) @ tfidf.transform([e.text_b]).T).toarray()[0, 0])
+        wa, wb = (set(re.findall(r"\w+", t.lower())) for t in (e.text, e.text_b))
+        ca, cb = (set(re.findall(r"\b[A-Z]\w+", t)) for t in (e.text, e.text_b))
+        first = (e.text_b.split() or [""])[0].lower()
+        return [cos, len(wa & wb) / max(1, len(wa | wb)), len(ca & cb), float(first in opener),
+                float(e.text.rstrip().endswith(":")), np.log1p(len(e.text)), np.log1p(len(e.text_b))]
+
+    x, xd = np.array([features(e) for e in train]), np.array([features(e) for e in dev])
+    y, yd = np.array([e.label for e in train]), np.array([e.label for e in dev])
+    out = {"pairs": len(examples), "dev": n_dev,
+           "three_classes": round(float((LogisticRegression(max_iter=2000).fit(x, y).predict(xd) == yd).mean()), 4)}
+    for one, other in (("next", "same_document"), ("next", "random"), ("same_document", "random")):
+        m, md = np.isin(y, [one, other]), np.isin(yd, [one, other])
+        fit = LogisticRegression(max_iter=2000).fit(x[m], y[m])
+        out[f"{one}_vs_{other}"] = round(float((fit.predict(xd[md]) == yd[md]).mean()), 4)
+    return out
+
+
 def run_ppt(a, base, files, started):
     """PPT: pre-train once on running text, then few-shot targets from vocab init and from the PPT prompt."""
     from softprompt.transfer import init_overrides, pretrain_prompt, read_corpus, single_task, unified_task
@@ -337,7 +383,8 @@ def run_ppt(a, base, files, started):
                               n_examples=a.ppt_examples, num_virtual_tokens=a.tokens, lr=a.ppt_lr or a.lr,
                               batch_size=a.ppt_batch or a.batch, format=a.ppt_format, sentences=sentences,
                               max_length=160, base=base, log=lambda line: print(line, flush=True),
-                              overrides=["data.max_dev=300", f"training.eval_every={max(1, a.ppt_steps // 5)}"])
+                              overrides=[f"data.max_dev={a.ppt_dev}",
+                                         f"training.eval_every={max(1, a.ppt_steps // a.ppt_evals)}"])
     from softprompt.core import PromptArtifact
 
     meta = PromptArtifact.load(ppt).meta

@@ -8,6 +8,7 @@ at which a run reached 90% of its own final dev accuracy (median over seeds).
 Runs split over several processes (stopped and resumed with --reuse) are summed up from their logs:
 
     python bench/transfer_report.py --logs runs/ppt_experiment.part1.log runs/ppt_experiment.log
+    python bench/transfer_report.py --logs --kinds vanilla,ppt new.log old.log   # only these columns
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def ppt_report(d: dict) -> list[str]:
     return out
 
 
-def from_logs(paths: list[str]) -> list[str]:
-    """Few-shot results from the printed run lines of one or more logs (the first line per run counts)."""
+def from_logs(paths: list[str], only: list[str] | None = None) -> list[str]:
+    """Few-shot results from the printed run lines of one or more logs (the first line per run counts);
+    only: keep these kinds (columns), in this order."""
     runs: dict[tuple, float] = {}
     for path in paths:
         for line in Path(path).read_text().splitlines():
@@ -80,6 +82,10 @@ def from_logs(paths: list[str]) -> list[str]:
     for (target, shots, seed, kind), acc in runs.items():
         cells.setdefault(f"{target}-{shots}", {}).setdefault(kind, {})[seed] = acc
     kinds = list(dict.fromkeys(k for c in cells.values() for k in c))
+    if only:
+        kinds = [k for k in only if k in kinds]
+        cells = {key: {k: v for k, v in row.items() if k in kinds} for key, row in cells.items()}
+        cells = {key: row for key, row in cells.items() if row}
     out = ["| target | seeds | " + " | ".join(kinds) + " |", "| --- | --- |" + " ---: |" * len(kinds)]
     for key, row in cells.items():
         seeds = sorted(set.intersection(*(set(v) for v in row.values())))
@@ -97,7 +103,10 @@ def from_logs(paths: list[str]) -> list[str]:
 
 def main(paths: list[str]) -> None:
     if paths and paths[0] == "--logs":
-        print("\n".join(from_logs(paths[1:])))
+        only = None
+        if len(paths) > 2 and paths[1] == "--kinds":
+            only, paths = paths[2].split(","), paths[2:]
+        print("\n".join(from_logs(paths[1:], only)))
         return
     for path in paths:
         d = json.loads(Path(path).read_text())
