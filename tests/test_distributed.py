@@ -38,10 +38,15 @@ def free_port() -> int:
 
 
 def launch(config: Path, name: str, *extra: str, wait: bool = True, command: str = "train"):
+    """`softprompt COMMAND CONFIG name=NAME EXTRA...` in two processes (COMMAND may be several words)."""
+    return launch_args(*command.split(), str(config), f"name={name}", *(["--quiet"] if command == "train" else []),
+                       *extra, wait=wait)
+
+
+def launch_args(*args: str, wait: bool = True):
     command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-               "-m", "softprompt.cli", command, str(config), f"name={name}",
-               *(["--quiet"] if command == "train" else []), *extra]
+               "-m", "softprompt.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                start_new_session=True)
@@ -115,6 +120,20 @@ def test_a_sweep_runs_data_parallel_and_the_main_process_reports(setup):
     assert out.count("best: lr") == 1
     rows = json.loads((tmp / "runs" / "sweep" / "sweep.json").read_text())
     assert sorted(r["lr"] for r in rows) == [0.01, 0.1] and (tmp / "runs" / "sweep" / "prompt.safetensors").exists()
+
+
+def test_ppt_pretraining_runs_data_parallel_and_writes_once(setup, tmp_path):
+    from softprompt.core import PromptArtifact
+    from test_ppt import write_text
+
+    tmp, _ = setup
+    out = launch_args("ppt", "pretrain", str(tmp / "tiny-gpt2"), str(write_text(tmp_path / "t.txt")), "--out",
+                      str(tmp_path / "ppt"), "--format", "pair", "--steps", "4", "--examples", "40", "--tokens", "4",
+                      "--batch-size", "4")
+    assert out.count("done: ") == 1
+    art = PromptArtifact.load(tmp_path / "ppt" / "prompt.safetensors")
+    assert art.meta["transfer"]["format"] == "pair" and art.meta["training"]["steps_done"] == 4
+    assert len((tmp_path / "ppt" / "data" / "train.jsonl").read_text().splitlines()) == 36
 
 
 @pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])

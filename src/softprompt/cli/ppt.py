@@ -57,12 +57,15 @@ def ppt_pretrain(
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides of the run config.")] = None,
 ):
     """Pre-train a prompt on self-supervised tasks; prints the overrides that start a downstream run from it."""
+    from ..training.distributed import processes
     from ..transfer.ppt import pretrain_prompt
     from ..transfer.spot import init_overrides
 
     path = _run(pretrain_prompt, model, text, out, format=format, steps=steps, n_examples=examples, tasks=_tasks(tasks),
                 num_virtual_tokens=tokens, n_options=options, lr=lr, batch_size=batch_size, seed=seed, window=window,
                 overrides=overrides or [], progress=True, log=typer.echo)
+    if not processes().main:  # under a data-parallel launcher the main process reports
+        return
     typer.echo(f"done: {path}")
     typer.echo("downstream init: " + " ".join(f'"{o}"' for o in init_overrides([path]))
                + f" method.num_virtual_tokens={tokens}")

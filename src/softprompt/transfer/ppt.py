@@ -359,6 +359,7 @@ def pretrain_prompt(model, text_path: str | Path | Sequence[str | Path], out: st
     tenth held out as dev); the run goes to out/ and the prompt to out/prompt.safetensors.
     """
     from ..core import PromptArtifact
+    from ..training.distributed import processes
     from ..training.run import load_model
     from ..training.run import train as train_run
 
@@ -384,8 +385,15 @@ def pretrain_prompt(model, text_path: str | Path | Sequence[str | Path], out: st
         task = single_task({w: w for w in SINGLE_WORDS}, max_length=max_length)
         what = "single sentences, pseudo-labelled " + " / ".join(SINGLE_WORDS)
     n_dev = max(3, len(examples) // 10)
-    train = write_jsonl(examples[n_dev:], out / "data" / "train.jsonl")
-    dev = write_jsonl(examples[:n_dev], out / "data" / "dev.jsonl")
+    # Under `accelerate launch` every process makes the same examples (seeded); the main one writes them.
+    procs = processes()
+    if not procs.main:
+        log = lambda message: None  # noqa: E731
+    train, dev = out / "data" / "train.jsonl", out / "data" / "dev.jsonl"
+    if procs.main:
+        write_jsonl(examples[n_dev:], train)
+        write_jsonl(examples[:n_dev], dev)
+    procs.barrier()
     config = {
         "name": "ppt",
         "model": model_section,
@@ -404,4 +412,7 @@ def pretrain_prompt(model, text_path: str | Path | Sequence[str | Path], out: st
     artifact.meta["transfer"] = {"strategy": "ppt", "format": format, "text": texts[0] if len(texts) == 1 else texts,
                                  "tasks": list(tasks) if format == "unified" else [format],
                                  "n_examples": len(examples), "n_options": n_options, "window": window}
-    return artifact.save(run.artifact)
+    if procs.main:
+        artifact.save(run.artifact)
+    procs.barrier()
+    return run.artifact
