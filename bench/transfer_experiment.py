@@ -218,6 +218,9 @@ def main():
     p.add_argument("--ppt-dev", type=int, default=300, help="dev examples of the pre-training task")
     p.add_argument("--ppt-probe", action="store_true",
                    help="no model: how far surface cues separate the pair task's classes (logistic regression); to --out")
+    p.add_argument("--ppt-pool", choices=("targets", "general"), default="targets",
+                   help="single format's sentences: running text + E2E references + the targets' training texts "
+                        "(labels dropped), or general: running text + E2E references only (the control)")
     p.add_argument("--ppt-only", action="store_true", help="pre-train (or reuse) the PPT prompt and stop")
     p.add_argument("--ppt-targets", default="sst2,mr,cr,subj,trec")
     p.add_argument("--ppt-kinds", default="vanilla,ppt,vanilla_unified,ppt_unified",
@@ -319,8 +322,8 @@ def main():
 
 
 def single_sentences(files, targets) -> list[str]:
-    """Unlabelled single sentences for the single-sentence format: E2E references and the targets'
-    training texts (labels dropped; dev rows are in other files and never used)."""
+    """Unlabelled single sentences for the single-sentence format: E2E references and the given
+    targets' training texts (labels dropped; dev rows are in other files and never used)."""
     import csv
 
     texts = []
@@ -378,7 +381,8 @@ def run_ppt(a, base, files, started):
         sentences = None
         if a.ppt_format == "single":
             corpus = read_corpus(a.ppt_text)
-            sentences = [t for d in corpus.documents for t in d] + single_sentences(files, a.ppt_targets.split(","))
+            targets = a.ppt_targets.split(",") if a.ppt_pool == "targets" else []
+            sentences = [t for d in corpus.documents for t in d] + single_sentences(files, targets)
         ppt = pretrain_prompt({"name": a.model, "device": "cpu"}, a.ppt_text, folder, steps=a.ppt_steps,
                               n_examples=a.ppt_examples, num_virtual_tokens=a.tokens, lr=a.ppt_lr or a.lr,
                               batch_size=a.ppt_batch or a.batch, format=a.ppt_format, sentences=sentences,
