@@ -80,18 +80,24 @@ def run(names: list[str], seed: int, work: Path, out: Path) -> None:
 
 
 def report(path: Path) -> None:
+    """Mean ± std over the seeds that have both runs (alone and together) of a task."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    print("| task | split | alone | together | seeds |\n| --- | --- | ---: | ---: | --- |")
+    print("| task | split | alone | together | difference | seeds |\n| --- | --- | ---: | ---: | ---: | --- |")
     for task in ("sst2", "trec"):
         for split in ("dev_accuracy", "test_accuracy"):
-            cells, seeds = [], None
-            for kind in ("alone", "together"):
-                values = {r["seed"]: r[split] for r in rows if r["task"] == task and r["run"] == kind and r[split] is not None}
-                seeds = sorted(values) if seeds is None else sorted(set(seeds) & set(values))
-                v = [100 * values[s] for s in sorted(values)]
-                cells.append("" if not v else f"{statistics.mean(v):.1f}" + (f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else ""))
-            if any(cells):
-                print(f"| {task} | {split.split('_')[0]} | {cells[0]} | {cells[1]} | {','.join(map(str, seeds or []))} |")
+            values = {kind: {r["seed"]: 100 * r[split] for r in rows
+                             if r["task"] == task and r["run"] == kind and r[split] is not None}
+                      for kind in ("alone", "together")}
+            seeds = sorted(set(values["alone"]) & set(values["together"]))
+            if not seeds:
+                continue
+            cells = []
+            for series in ([values["alone"][s] for s in seeds], [values["together"][s] for s in seeds],
+                           [values["together"][s] - values["alone"][s] for s in seeds]):
+                spread = f" ± {statistics.stdev(series):.1f}" if len(series) > 1 else ""
+                cells.append(f"{statistics.mean(series):+.1f}{spread}" if len(cells) == 2 else
+                             f"{statistics.mean(series):.1f}{spread}")
+            print(f"| {task} | {split.split('_')[0]} | {' | '.join(cells)} | {','.join(map(str, seeds))} |")
 
 
 def main() -> None:
