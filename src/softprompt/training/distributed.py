@@ -81,7 +81,7 @@ class Processes:
             return list(mine)
         device = self._comm_device()
         ndim = max((t.dim() for t in mine), default=0)
-        ndim = int(self._max_int(ndim))
+        ndim = self._max_int(ndim)
         shapes = torch.tensor([list(t.shape) + [1] * (ndim - t.dim()) for t in mine] or [[0] * ndim],
                               dtype=torch.long, device=device).reshape(-1, max(ndim, 1))
         count = torch.tensor([len(mine)], dtype=torch.long, device=device)

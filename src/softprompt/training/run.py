@@ -208,12 +208,12 @@ def _set_up_task(name: str, key: str, task_section: Mapping, method_section: Map
                  training: TrainingConfig, base: BaseModel, lr: float | None = None) -> _TaskRun:
     """Read a task's data, build its prompt and task module, and prepare its items (config errors of
     one task of several name the task)."""
-    if key == "task":
-        return _set_up(name, key, task_section, method_section, data, training, base, lr)
     try:
         return _set_up(name, key, task_section, method_section, data, training, base, lr)
     except ConfigError as exc:
         message = str(exc)
+        if key == "task":  # the run's only task: its errors need no name
+            raise
         raise ConfigError(message if message.startswith("tasks.") else f"tasks.{name}: {message}") from None
 
 
