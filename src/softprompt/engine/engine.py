@@ -233,8 +233,12 @@ class Engine:
         self.max_running = max(1, int(max_running))
         self.max_queue = int(max_queue)
         self.compile_prompts = compile_prompts and can_compile(self.pm)
-        self._cuda_graphs = cuda_graphs
-        self._compile_decoding = compile_decoding
+        # A base sharded over processes gathers each block's weights in collectives: no graph captures
+        # them, and no_grad, not inference_mode, since FSDP reuses its gather buffers for training.
+        sharded = self.base.sharding is not None
+        self._cuda_graphs = False if sharded else cuda_graphs
+        self._compile_decoding = False if sharded else compile_decoding
+        self._no_grad = torch.no_grad if sharded else torch.inference_mode
         self.prompts: dict[str, EnginePrompt] = {}
         self._serial = itertools.count()
         self._lock = threading.Condition()
@@ -371,7 +375,7 @@ class Engine:
         return bool(self._waiting) or self.running() > 0
 
     def _loop(self) -> None:
-        with torch.inference_mode():
+        with self._no_grad():
             while True:
                 with self._lock:
                     while not self._inbox and not self._busy():

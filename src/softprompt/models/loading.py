@@ -136,6 +136,7 @@ class BaseModel:
     name: str
     fingerprint: str = field(default="")  # models.fingerprint: the same in float32, bfloat16, float16
     weights: str = field(default="")  # the bfloat16 values' digest, beside the fingerprint's signs
+    sharding: str | None = None  # how its blocks are sharded over data-parallel processes (None: whole here)
     _fingerprint_v1: str | None = field(default=None, repr=False)
 
     @property

@@ -138,6 +138,8 @@ def predict_logits(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared:
         bar = tqdm(total=len(prepared), desc="evaluate", unit="ex", leave=False, disable=None)
         progress = bar.update
     try:
+        if pm.base.sharding is not None:
+            return _logits_in_fixed_batches(pm, units, prepared, order, batch_size, padding_side, progress)
         with Engine(pm, max_batch_rows=batch_size * per_item) as engine:
             entries = register_units(engine, units)
             futures = list(zip(order, engine.submit_scores([(entries[prepared[i].key], prepared[i].item)
@@ -154,6 +156,22 @@ def predict_logits(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared:
     finally:
         if bar is not None:
             bar.close()
+    return out
+
+
+@torch.no_grad()
+def _logits_in_fixed_batches(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared: Sequence[Prepared],
+                             order: Sequence[int], batch_size: int, padding_side: str, progress) -> list[torch.Tensor]:
+    """predict_logits for a base sharded over processes: every block's pass is a collective, so the
+    passes are batches of batch_size items in length order (as many on every process that scores as
+    many items), not the engine's scheduling."""
+    out: list[torch.Tensor | None] = [None] * len(prepared)
+    for start in range(0, len(order), max(1, batch_size)):
+        chunk = order[start : start + max(1, batch_size)]
+        for i, logits in zip(chunk, class_logits(pm, units, [prepared[i] for i in chunk], padding_side)):
+            out[i] = logits
+        if progress is not None:
+            progress(len(chunk))
     return out
 
 

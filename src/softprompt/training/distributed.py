@@ -1,17 +1,26 @@
-"""Data-parallel training under `accelerate launch` (or torchrun): who this process is, and the few
-collectives training needs.
+"""Data-parallel training under `accelerate launch` (or torchrun): who this process is, the few
+collectives training needs, and the sharding of a frozen base model too large for one device.
 
-The base model is frozen and never wrapped: every process holds its own copy, computes its share of
-each batch, and only the gradients of the trainable parameters (prompts and heads, kilobytes to
-megabytes) are summed across processes, in one flat buffer. Accelerate's PartialState sets up the
-process group from the launcher's environment (NCCL on GPUs, gloo on CPUs); a plain `python` run is
-one process and touches none of it.
+Every process computes its share of each batch, and only the gradients of the trainable parameters
+(prompts and heads, kilobytes to megabytes) are summed across processes, in one flat buffer.
+Accelerate's PartialState sets up the process group from the launcher's environment (NCCL on GPUs,
+gloo on CPUs); a plain `python` run is one process and touches none of it.
+
+By default every process holds the whole frozen base. Launched with Accelerate's FSDP settings (or a
+DeepSpeed ZeRO stage-3 config), the base's transformer blocks are sharded over the processes with
+PyTorch's FSDP2 (`fully_shard`): each process keeps 1/N of every block and gathers a block's weights
+only while that block runs, forward and backward. The frozen base has no gradients and no optimizer
+state, so parameters are all there is to shard; the trainable prompt stays whole on every process,
+with its gradients summed as above. The input embeddings and output head stay whole too: prompts
+read and initialise from them outside any block's forward.
 """
 
 from __future__ import annotations
 
 import os
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence, TypeVar
 
 import torch
@@ -30,12 +39,33 @@ def launched_world_size() -> int:
 
 
 @dataclass(frozen=True)
+class Sharding:
+    """How the frozen base's blocks are sharded over the processes, read from the launcher's settings."""
+
+    source: str  # what asked for it, for messages: "FSDP" or "DeepSpeed ZeRO-3"
+    reshard_after_forward: bool = True  # free a block's gathered weights after its forward (gather again for backward)
+    offload: bool = False  # keep the shards in CPU memory, copied to the GPU for each block's pass
+    block_names: tuple[str, ...] = ()  # class names of the blocks to shard (empty: the model's _no_split_modules)
+    min_params: int | None = None  # size-based: shard every module holding at least this many parameters
+    hybrid: bool = False  # shard within a machine, replicate across machines
+    checkpointing: bool = False  # recompute each block's activations in the backward pass
+
+    def describe(self, world: int) -> str:
+        how = "hybrid (sharded within each machine)" if self.hybrid else f"sharded over {world} processes"
+        return (f"{self.source}: the frozen base's blocks are {how} with PyTorch FSDP2"
+                f"{', shards offloaded to CPU memory' if self.offload else ''}"
+                f"{'' if self.reshard_after_forward else ', kept gathered from forward to backward'}; "
+                "the trainable prompt is whole on every process")
+
+
+@dataclass(frozen=True)
 class Processes:
     """This process's place among the processes of a data-parallel run."""
 
     rank: int = 0
     world: int = 1
     device: torch.device | None = None  # the device the launcher gave this process (None: one process)
+    sharding: Sharding | None = None  # the frozen base is sharded over the processes (FSDP, ZeRO-3)
 
     @property
     def main(self) -> bool:
@@ -81,7 +111,7 @@ class Processes:
             return list(mine)
         device = self._comm_device()
         ndim = max((t.dim() for t in mine), default=0)
-        ndim = self._max_int(ndim)
+        ndim = self.max_int(ndim)
         shapes = torch.tensor([list(t.shape) + [1] * (ndim - t.dim()) for t in mine] or [[0] * ndim],
                               dtype=torch.long, device=device).reshape(-1, max(ndim, 1))
         count = torch.tensor([len(mine)], dtype=torch.long, device=device)
@@ -122,7 +152,10 @@ class Processes:
         if self.active:
             torch.distributed.barrier()
 
-    def _max_int(self, value: int) -> int:
+    def max_int(self, value: int) -> int:
+        """The largest of every process's value."""
+        if not self.active:
+            return value
         t = torch.tensor([value], dtype=torch.long, device=self._comm_device())
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return int(t.item())
@@ -152,17 +185,168 @@ def processes() -> Processes:
     global _current
     if _current is not None:
         return _current
-    for engine, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
-        if os.environ.get(variable, "").lower() in ("1", "true"):
-            raise ConfigError(f"accelerate launch with {engine}: softprompt trains data-parallel, each process holding "
-                              f"the whole frozen base model; sharding it with {engine} is not supported yet. Launch "
-                              "without it, or spread a base model too large for one device over the GPUs of one "
-                              "process with model.device_map=auto")
     if launched_world_size() <= 1:
-        return _SINGLE
+        return _SINGLE  # one process holds the whole base, whatever the launcher's sharding settings
+    sharding = sharding_from_launcher()
     from accelerate import PartialState
 
-    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    cpu = not torch.cuda.is_available() or _flag("ACCELERATE_USE_CPU")
     state = PartialState(cpu=cpu)
-    _current = Processes(rank=state.process_index, world=state.num_processes, device=torch.device(state.device))
+    _current = Processes(rank=state.process_index, world=state.num_processes, device=torch.device(state.device),
+                         sharding=sharding)
     return _current
+
+
+def _flag(variable: str) -> bool:
+    return os.environ.get(variable, "").strip().lower() in ("1", "true", "yes")
+
+
+def sharding_from_launcher() -> Sharding | None:
+    """The base-model sharding that `accelerate launch` asks for (its FSDP or DeepSpeed settings, as
+    the environment it hands each process), or None: every process holds the whole base.
+
+    DeepSpeed's ZeRO stages 1 and 2 partition optimizer states and gradients, which here are only the
+    prompt's (kilobytes): the run stays plainly data-parallel. Stage 3 partitions the parameters; the
+    frozen base is sharded the same way FSDP shards it (DeepSpeed's engine is not used)."""
+    if _flag("ACCELERATE_USE_FSDP"):
+        return _fsdp_sharding()
+    if _flag("ACCELERATE_USE_DEEPSPEED"):
+        return _deepspeed_sharding()
+    return None
+
+
+def _fsdp_sharding() -> Sharding | None:
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    try:
+        # Each process reads the checkpoint itself, so FSDP1's sync_module_states and CPU-RAM-efficient
+        # loading (a broadcast from the main process; parsing it looks for an accelerator) do not apply.
+        version1 = os.environ.get("FSDP_VERSION", "1").strip() == "1"
+        plugin = FullyShardedDataParallelPlugin(**({"sync_module_states": False, "cpu_ram_efficient_loading": False}
+                                                   if version1 else {}))
+    except (ValueError, KeyError, ImportError, RuntimeError) as exc:
+        raise ConfigError(f"accelerate launch with FSDP: its settings do not parse: {exc}") from None
+    hybrid = False
+    if plugin.fsdp_version == 1:
+        strategy = plugin.sharding_strategy.name if plugin.sharding_strategy is not None else "FULL_SHARD"
+        if strategy == "NO_SHARD":
+            return None
+        reshard = strategy in ("FULL_SHARD", "HYBRID_SHARD")
+        hybrid = strategy.startswith(("HYBRID", "_HYBRID"))
+        offload = bool(getattr(plugin.cpu_offload, "offload_params", False))
+    else:
+        from torch.distributed.fsdp import CPUOffloadPolicy
+
+        reshard = bool(plugin.reshard_after_forward)
+        offload = isinstance(plugin.cpu_offload, CPUOffloadPolicy)
+    policy = os.environ.get("FSDP_AUTO_WRAP_POLICY", "").upper()
+    size_based = policy == "SIZE_BASED_WRAP"
+    return Sharding(source="FSDP", reshard_after_forward=reshard, offload=offload,
+                    block_names=tuple(n.strip() for n in (plugin.transformer_cls_names_to_wrap or []) if n.strip())
+                    if not size_based else (),
+                    min_params=int(plugin.min_num_params or 0) or None if size_based else None,
+                    hybrid=hybrid, checkpointing=bool(plugin.activation_checkpointing))
+
+
+def _deepspeed_sharding() -> Sharding | None:
+    stage, offload = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE"), \
+        os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE")
+    config_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip()
+    if config_file and config_file.lower() != "none":
+        try:
+            zero = json.loads(Path(config_file).read_text()).get("zero_optimization") or {}
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"{config_file}: cannot read this DeepSpeed config ({exc})") from None
+        stage = zero.get("stage", stage)
+        offload = (zero.get("offload_param") or {}).get("device", offload)
+    try:
+        stage = int(stage if stage not in (None, "", "auto") else 0)
+    except (TypeError, ValueError):
+        raise ConfigError(f"DeepSpeed zero_optimization.stage={stage!r} is not a number (0, 1, 2 or 3)") from None
+    if stage < 3:
+        return None
+    offload = str(offload or "none").lower()
+    if offload not in ("none", "cpu"):
+        raise ConfigError(f"DeepSpeed offload_param.device={offload!r}: softprompt offloads the base's shards to "
+                          "'cpu' or keeps them on the GPU ('none')")
+    return Sharding(source="DeepSpeed ZeRO-3", offload=offload == "cpu")
+
+
+def shard_base(model: torch.nn.Module, procs: Processes) -> int:
+    """Shard the frozen model's blocks over the processes (FSDP2 fully_shard), in place; the rest of
+    the model (embeddings, final norm, output head) moves whole to this process's device. Returns
+    how many modules were sharded."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+
+    plan = procs.sharding
+    device = procs.device or torch.device("cpu")
+    if plan.offload and device.type != "cuda":
+        raise ConfigError(f"{plan.source}: offloading the base's shards to CPU memory needs GPUs; on CPUs the shards "
+                          "are in CPU memory already (turn the offload off)")
+    blocks = _blocks_to_shard(model, plan)
+    if not blocks:
+        names = ", ".join(plan.block_names or getattr(model, "_no_split_modules", None) or ["(none)"])
+        raise ConfigError(f"{plan.source}: {type(model).__name__} has no blocks of class {names} to shard; set "
+                          "fsdp_transformer_layer_cls_to_wrap to the class of its layers")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", procs.world))
+    if plan.hybrid and 1 < local < procs.world and procs.world % local == 0:
+        mesh = init_device_mesh(device.type, (procs.world // local, local), mesh_dim_names=("replicate", "shard"))
+    else:
+        mesh = init_device_mesh(device.type, (procs.world,))
+    inside = {id(p) for block in blocks for p in block.parameters()} | \
+        {id(b) for block in blocks for b in block.buffers()}
+    _move_rest(model, inside, device)
+    offload = CPUOffloadPolicy() if plan.offload else OffloadPolicy()
+    for block in blocks:
+        fully_shard(block, mesh=mesh, reshard_after_forward=plan.reshard_after_forward, offload_policy=offload)
+    return len(blocks)
+
+
+def _blocks_to_shard(model: torch.nn.Module, plan: Sharding) -> list[torch.nn.Module]:
+    """The outermost modules to shard: the named block classes (default: the model's own
+    _no_split_modules), or with min_params every module holding that many parameters not yet taken;
+    never the root, nor a module holding the input embeddings or output head (read outside blocks)."""
+    kept_whole = {id(m.weight) for m in (model.get_input_embeddings(), getattr(model, "get_output_embeddings",
+                                                                                lambda: None)())
+                  if m is not None and getattr(m, "weight", None) is not None}
+
+    def shardable(module: torch.nn.Module) -> bool:
+        return module is not model and not any(id(p) in kept_whole for p in module.parameters())
+
+    if plan.min_params:
+        chosen: list[torch.nn.Module] = []
+        taken: set[int] = set()
+
+        def visit(module: torch.nn.Module) -> None:  # children first, as torch's size-based policy
+            for child in module.children():
+                visit(child)
+            free = sum(p.numel() for p in module.parameters() if id(p) not in taken)
+            if shardable(module) and free >= plan.min_params:
+                chosen.append(module)
+                taken.update(id(p) for p in module.parameters())
+
+        visit(model)
+        return chosen
+    names = set(plan.block_names or getattr(model, "_no_split_modules", None) or ())
+    chosen, seen = [], set()
+    for module in model.modules():
+        if type(module).__name__ in names and shardable(module) and id(module) not in seen:
+            chosen.append(module)
+            seen.update(id(m) for m in module.modules())
+    return chosen
+
+
+def _move_rest(model: torch.nn.Module, inside: set[int], device: torch.device) -> None:
+    """Move the parameters and buffers outside the sharded blocks to device (tied weights stay tied)."""
+    moved: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None or id(param) in inside:
+                continue
+            if id(param) not in moved:
+                moved[id(param)] = torch.nn.Parameter(param.data.to(device), requires_grad=param.requires_grad)
+            module._parameters[name] = moved[id(param)]
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None and id(buffer) not in inside:
+                module._buffers[name] = buffer.to(device)

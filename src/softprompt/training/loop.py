@@ -121,6 +121,18 @@ def micro_batches(idx: Sequence[int], lengths: Sequence[int], max_tokens: int) -
     return chunks
 
 
+def step_chunks(procs, idx: Sequence[int], lengths: Sequence[int], max_tokens: int) -> list[tuple[list[int], float]]:
+    """This process's micro-batches of a step's batch, each with its loss weight (1: counted).
+
+    With a sharded base every block's pass is a collective, so every process must run as many passes
+    as the busiest one: the others add passes over the batch's first item with weight 0 (their
+    gradients are zeros, summed in exactly)."""
+    chunks = [(c, 1.0) for c in micro_batches(procs.shard(idx), lengths, max_tokens) if c]
+    if procs.sharding is not None:
+        chunks += [([idx[0]], 0.0)] * (procs.max_int(len(chunks)) - len(chunks))
+    return chunks
+
+
 def mixture_batch_order(groups: Sequence[Sequence[int]], batch_size: int, step: int, seed: int,
                         temperature: float) -> list[int]:
     """The item indices of a step's batch drawn from several tasks: each slot picks task k with
@@ -337,7 +349,9 @@ def fit(
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for unit in units.values():
         unit.train()
-    if config.gradient_checkpointing:
+    # Accelerate's fsdp_activation_checkpointing asks for the same as training.gradient_checkpointing.
+    checkpointing = config.gradient_checkpointing or bool(procs.sharding and procs.sharding.checkpointing)
+    if checkpointing:
         set_checkpointing(pm.model, True)
     if config.model_dropout:
         pm.model.train()  # its dropout layers; evaluation switches them off again
@@ -410,7 +424,7 @@ def fit(
                 by_key.setdefault(train_items[i].key, []).append(train_items[i].item)
             # Every process divides by the whole batch's count: the summed gradients are the batch's.
             total = max(1, sum(units[k].task.loss_count(items) for k, items in by_key.items()))
-            for chunk in micro_batches(procs.shard(idx), lengths, config.micro_batch_tokens):
+            for chunk, weight in step_chunks(procs, idx, lengths, config.micro_batch_tokens):
                 items = [train_items[i] for i in chunk]
                 with autocast():
                     outputs = class_logits(pm, units, items, config.padding_side)
@@ -418,6 +432,8 @@ def fit(
                     loss = sum(units[k].task.loss_sum([o for o, p in zip(outputs, items) if p.key == k],
                                                       [p.item for p in items if p.key == k])
                                for k in dict.fromkeys(p.key for p in items)) / total
+                    if weight != 1.0:
+                        loss = loss * weight
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss_value += loss.item()
             procs.sum_gradients(params)
@@ -465,7 +481,7 @@ def fit(
         raise
     finally:
         bar.close()
-        if config.gradient_checkpointing:
+        if checkpointing:
             set_checkpointing(pm.model, False)
         pm.model.eval()  # as loaded: evaluation and serving never see the base's dropout
         if writer:

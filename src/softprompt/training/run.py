@@ -67,6 +67,18 @@ def load_model(config: ModelConfig | Mapping | str) -> BaseModel:
     procs = processes()
     if procs.active and device.startswith("cuda") and procs.device is not None and procs.device.type == "cuda":
         device = str(procs.device)
+    if procs.active and procs.sharding is not None:
+        if config.device_map is not None:
+            raise ConfigError(f"model.device_map={config.device_map!r} places the whole base in one process; under "
+                              f"{procs.sharding.source} its blocks are sharded over the processes instead: drop one")
+        # Read whole into CPU memory, then each process keeps its shards on its own device.
+        base = load_base(config.name, dtype=config.dtype, device="cpu")
+        if base.sharding is None:
+            from .distributed import shard_base
+
+            count = shard_base(base.model, procs)
+            base.sharding = f"{procs.sharding.describe(procs.world)} ({count} modules sharded)"
+        return base
     return load_base(config.name, dtype=config.dtype, device=device, device_map=config.device_map)
 
 
@@ -159,8 +171,11 @@ def evaluate_items(pm, unit, items, examples, batch_size, padding_side) -> dict:
     if hasattr(unit.task, "evaluate"):  # generation: decode, then score the text (every process: whole split)
         return unit.task.evaluate(pm, unit, items, examples, batch_size, padding_side)
     procs = processes()
-    outputs = predict_logits(pm, {unit.key: unit}, procs.shard(items), batch_size, padding_side, progress=procs.main)
-    outputs = procs.gather_tensors(outputs)
+    mine = procs.shard(items)
+    if procs.sharding is not None and items:  # as many passes on every process: pad with copies, dropped after
+        mine = mine + [items[0]] * (-(-len(items) // procs.world) - len(mine))
+    outputs = predict_logits(pm, {unit.key: unit}, mine, batch_size, padding_side, progress=procs.main)
+    outputs = procs.gather_tensors(outputs[: len(procs.shard(items))])
     return unit.task.metrics(outputs, [p.item for p in items], examples)
 
 
@@ -343,6 +358,8 @@ def train(
     if not procs.main:
         log, progress = (lambda message: None), False
     base = base or load_model(config.model)
+    if base.sharding:
+        log(base.sharding)
     t = config.training
     if config.tasks:
         runs = [_set_up_task(e.name, e.name, e.task if e.task is not None else config.task,
