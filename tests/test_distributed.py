@@ -170,7 +170,7 @@ def test_fsdp_from_the_example_config_shards_the_base_and_trains_the_one_process
         api.train(config, ["name=one"], progress=False, log=lambda s: None)
     out = launch(config, "fsdp", how=("--config_file", str(FSDP_EXAMPLE)))
     assert out.count("FSDP: the frozen base's blocks are sharded over 2 processes") == 1
-    assert "(2 modules sharded)" in out  # tiny GPT-2's two blocks (its _no_split_modules)
+    assert "(2 modules sharded; this process holds " in out  # tiny GPT-2's two blocks (its _no_split_modules)
     assert_same_prompt(tmp / "runs" / "one", tmp / "runs" / "fsdp", 120)
 
 
@@ -236,13 +236,14 @@ def _shard_in_two(rank: int, init: str, model_dir: str, out: str) -> None:
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         whole = base.model(input_ids=ids).logits
-    count = shard_base(base.model, Processes(rank, 2, torch.device("cpu"), Sharding("FSDP")))
+    sharded = shard_base(base.model, Processes(rank, 2, torch.device("cpu"), Sharding("FSDP")))
     layer = base.model.model.layers[0].mlp.up_proj.weight
     with torch.no_grad():
-        sharded = base.model(input_ids=ids).logits
-    torch.save({"count": count, "local": tuple(layer.to_local().shape), "global": tuple(layer.shape),
+        logits = base.model(input_ids=ids).logits
+    blocks = sum(p.numel() * 4 for p in base.model.model.layers.parameters())  # float32, whole
+    torch.save({"count": sharded.modules, "bytes": (sharded.local_bytes, sharded.total_bytes, blocks), "local": tuple(layer.to_local().shape), "global": tuple(layer.shape),
                 "embedding": type(base.model.get_input_embeddings().weight).__name__,
-                "diff": float((whole - sharded).abs().max())}, f"{out}.{rank}")
+                "diff": float((whole - logits).abs().max())}, f"{out}.{rank}")
     dist.destroy_process_group()
 
 
@@ -255,6 +256,8 @@ def test_shard_base_keeps_half_of_each_block_per_process_and_the_same_outputs(tm
     for rank in (0, 1):
         got = torch.load(f"{tmp_path / 'out'}.{rank}")
         assert got["count"] == 2  # the two LlamaDecoderLayer blocks
+        local, total, blocks = got["bytes"]
+        assert local == total - blocks // 2  # half of every block's bytes left this process
         assert got["local"][0] * 2 == got["global"][0]  # each process holds half of the block's weights
         assert got["embedding"] == "Parameter"  # the input embeddings stay whole (prompts read them)
         assert got["diff"] < 1e-5

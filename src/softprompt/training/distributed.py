@@ -272,10 +272,31 @@ def _deepspeed_sharding() -> Sharding | None:
     return Sharding(source="DeepSpeed ZeRO-3", offload=offload == "cpu")
 
 
-def shard_base(model: torch.nn.Module, procs: Processes) -> int:
+@dataclass(frozen=True)
+class Sharded:
+    """What shard_base did: how many modules it sharded, and the base's bytes here and in all."""
+
+    modules: int
+    local_bytes: int
+    total_bytes: int
+
+    def describe(self) -> str:
+        mib = 2 ** 20
+        return (f"{self.modules} modules sharded; this process holds {self.local_bytes / mib:,.1f} MiB of the "
+                f"base's {self.total_bytes / mib:,.1f} MiB")
+
+
+def _parameter_bytes(model: torch.nn.Module) -> int:
+    total = 0
+    for p in {id(p): p for p in model.parameters()}.values():  # tied weights once
+        local = p.to_local() if hasattr(p, "to_local") else p
+        total += local.numel() * local.element_size()
+    return total
+
+
+def shard_base(model: torch.nn.Module, procs: Processes) -> Sharded:
     """Shard the frozen model's blocks over the processes (FSDP2 fully_shard), in place; the rest of
-    the model (embeddings, final norm, output head) moves whole to this process's device. Returns
-    how many modules were sharded."""
+    the model (embeddings, final norm, output head) moves whole to this process's device."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
@@ -294,13 +315,14 @@ def shard_base(model: torch.nn.Module, procs: Processes) -> int:
         mesh = init_device_mesh(device.type, (procs.world // local, local), mesh_dim_names=("replicate", "shard"))
     else:
         mesh = init_device_mesh(device.type, (procs.world,))
+    total = _parameter_bytes(model)
     inside = {id(p) for block in blocks for p in block.parameters()} | \
         {id(b) for block in blocks for b in block.buffers()}
     _move_rest(model, inside, device)
     offload = CPUOffloadPolicy() if plan.offload else OffloadPolicy()
     for block in blocks:
         fully_shard(block, mesh=mesh, reshard_after_forward=plan.reshard_after_forward, offload_policy=offload)
-    return len(blocks)
+    return Sharded(len(blocks), _parameter_bytes(model), total)
 
 
 def _blocks_to_shard(model: torch.nn.Module, plan: Sharding) -> list[torch.nn.Module]:

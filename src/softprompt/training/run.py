@@ -76,8 +76,8 @@ def load_model(config: ModelConfig | Mapping | str) -> BaseModel:
         if base.sharding is None:
             from .distributed import shard_base
 
-            count = shard_base(base.model, procs)
-            base.sharding = f"{procs.sharding.describe(procs.world)} ({count} modules sharded)"
+            sharded = shard_base(base.model, procs)
+            base.sharding = f"{procs.sharding.describe(procs.world)} ({sharded.describe()})"
         return base
     return load_base(config.name, dtype=config.dtype, device=device, device_map=config.device_map)
 
