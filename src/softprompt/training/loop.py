@@ -279,245 +279,295 @@ def fit(
     """
     single = isinstance(units, TaskPrompt)
     if single:
-        only = units
+        only, evaluate_one = units, evaluate
         units = {only.key: only}
-        evaluate_one = evaluate
         evaluate = (lambda: {only.key: evaluate_one()}) if evaluate_one is not None else None
-    units = dict(units)
-    procs = processes()
-    main = procs.main
-    run_dir = Path(run_dir)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    modules = {"unit": next(iter(units.values()))} if single else {f"unit:{k}": u for k, u in units.items()}
-    for unit in units.values():
-        unit.to(pm.base.device)
-    optimizer = build_optimizer(units, config, lrs)
-    scheduler = build_scheduler(optimizer, config)
-    autocast, scaler = autocast_for(config, pm.base.device)
-    metrics = {}
-    for key, unit in units.items():
-        metrics[key] = config.metric if config.metric != "auto" else unit.task.metric_names[0]
-        if metrics[key] not in unit.task.metric_names:
-            owner = "this task's" if single else f"task {key}'s"
-            raise ConfigError(f"training.metric={metrics[key]!r} is not one of {owner}: "
-                              f"{', '.join(unit.task.metric_names)}")
-    balanced = config.sampling is Sampling.BALANCED
-    if balanced and not single:
-        raise ConfigError("training.sampling='balanced' balances the classes of one task; a run of several tasks "
-                          "mixes them with training.mixing (proportional | temperature)")
-    history: list[dict] = []
-    best = {key: {"metric": None, "step": 0, "bad_evals": 0} for key in units}
-    best_paths = {key: run_dir / ("best.safetensors" if single else f"best-{key}.safetensors") for key in units}
-    step = 0
-    running: list[float] = []  # losses since the last log line
-    if resume:
-        found = latest_checkpoint(run_dir)
-        if found is not None:
-            step, extra = load_training_state(found, modules=modules, optimizer=optimizer, scheduler=scheduler)
-            history, best = extra["history"], extra["best"]
-            if "metric" in best:  # a one-task checkpoint of before several tasks
-                best = {next(iter(units)): best}
-            running = list(extra.get("running", []))
-            if scaler is not None and extra.get("scaler"):
-                scaler.load_state_dict(extra["scaler"])
-    if step == 0:
-        torch.manual_seed(config.seed)  # dropout; a resumed run restores the RNG state instead
-    checkpoint_every = config.checkpoint_every or config.eval_every
-    best_tensors: dict[str, dict[str, torch.Tensor]] = {}
-    if export:
-        for key, unit in units.items():
-            path = best_paths[key]
-            best_tensors[key] = PromptArtifact.load(path).tensors if (resume and path.exists()) else export_unit(unit)
-    writer = _tensorboard(run_dir) if main else None
-    lengths = [sum(len(r) for r in p.item.rows) for p in train_items]
-    if balanced:
-        labels = [getattr(p.item, "label", None) for p in train_items]
-        if any(not isinstance(label, int) for label in labels):
-            raise ConfigError("training.sampling='balanced' needs one class label per training example "
-                              "(classification); use sampling='shuffle' for this task")
-    groups = [[i for i, p in enumerate(train_items) if p.key == key] for key in units]
-    mixture = not single and config.mixing is Mixing.TEMPERATURE
-    started = time.perf_counter()
-    seen = 0
-    eval_seconds = 0.0  # excluded from training time and speed
-    stopped_early = False
-    bar = tqdm(total=config.steps, initial=step, disable=not (progress and main), desc="train", unit="step",
-               dynamic_ncols=True)
-    quiet = lambda message: None  # noqa: E731
-    say = (bar.write if progress else (log or quiet)) if main else quiet  # lines that must not break the bar
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    for unit in units.values():
-        unit.train()
-    # Accelerate's fsdp_activation_checkpointing asks for the same as training.gradient_checkpointing.
-    checkpointing = config.gradient_checkpointing or bool(procs.sharding and procs.sharding.checkpointing)
-    if checkpointing:
-        set_checkpointing(pm.model, True)
-    if config.model_dropout:
-        pm.model.train()  # its dropout layers; evaluation switches them off again
+    run = _Fit(pm, dict(units), single, train_items, config, Path(run_dir), evaluate, lrs, export, progress, log)
+    run.start(resume)
+    return run.train(on_step)
 
-    def run_evaluation() -> None:
-        """Score the prompts as they are now on dev, log them, and keep each that beats its earlier scores."""
-        nonlocal eval_seconds
+
+class _Fit:
+    """One training run's state: the units and their optimizer, each task's best evaluation, the
+    history, and what a checkpoint holds. fit() drives it: start (or resume), steps, evaluations,
+    checkpoints, the result."""
+
+    def __init__(self, pm: PromptedModel, units: dict[str, TaskPrompt], single: bool, train_items: Sequence[Prepared],
+                 config: TrainingConfig, run_dir: Path, evaluate: Callable[[], dict] | None,
+                 lrs: Mapping[str, float] | None, export: bool, progress: bool, log: Callable[[str], None] | None):
+        self.pm, self.units, self.single, self.train_items = pm, units, single, train_items
+        self.config, self.run_dir, self.evaluate, self.export = config, run_dir, evaluate, export
+        self.procs = procs = processes()
+        if procs.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        self.modules = {"unit": next(iter(units.values()))} if single else {f"unit:{k}": u for k, u in units.items()}
         for unit in units.values():
+            unit.to(pm.base.device)
+        self.optimizer = build_optimizer(units, config, lrs)
+        self.scheduler = build_scheduler(self.optimizer, config)
+        self.autocast, self.scaler = autocast_for(config, pm.base.device)
+        self.metrics = {}
+        for key, unit in units.items():
+            self.metrics[key] = config.metric if config.metric != "auto" else unit.task.metric_names[0]
+            if self.metrics[key] not in unit.task.metric_names:
+                owner = "this task's" if single else f"task {key}'s"
+                raise ConfigError(f"training.metric={self.metrics[key]!r} is not one of {owner}: "
+                                  f"{', '.join(unit.task.metric_names)}")
+        self.balanced = config.sampling is Sampling.BALANCED
+        if self.balanced and not single:
+            raise ConfigError("training.sampling='balanced' balances the classes of one task; a run of several "
+                              "tasks mixes them with training.mixing (proportional | temperature)")
+        self.history: list[dict] = []
+        self.best = {key: {"metric": None, "step": 0, "bad_evals": 0} for key in units}
+        self.best_paths = {key: run_dir / ("best.safetensors" if single else f"best-{key}.safetensors")
+                           for key in units}
+        self.best_tensors: dict[str, dict[str, torch.Tensor]] = {}
+        self.step = 0
+        self.running: list[float] = []  # losses since the last log line
+        self.lengths = [sum(len(r) for r in p.item.rows) for p in train_items]
+        self.labels = None
+        if self.balanced:
+            self.labels = [getattr(p.item, "label", None) for p in train_items]
+            if any(not isinstance(label, int) for label in self.labels):
+                raise ConfigError("training.sampling='balanced' needs one class label per training example "
+                                  "(classification); use sampling='shuffle' for this task")
+        self.groups = [[i for i, p in enumerate(train_items) if p.key == key] for key in units]
+        self.mixture = not single and config.mixing is Mixing.TEMPERATURE
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.progress, self.log = progress, log
+        self.eval_seconds = 0.0  # excluded from training time and speed
+        self.writer = None
+        self.say: Callable[[str], None] = lambda message: None
+
+    def start(self, resume: bool) -> None:
+        """Continue from the run dir's latest checkpoint (resume) or start at step 0."""
+        config = self.config
+        if resume:
+            found = latest_checkpoint(self.run_dir)
+            if found is not None:
+                self.step, extra = load_training_state(found, modules=self.modules, optimizer=self.optimizer,
+                                                       scheduler=self.scheduler)
+                self.history, self.best = extra["history"], extra["best"]
+                if "metric" in self.best:  # a one-task checkpoint of before several tasks
+                    self.best = {next(iter(self.units)): self.best}
+                self.running = list(extra.get("running", []))
+                if self.scaler is not None and extra.get("scaler"):
+                    self.scaler.load_state_dict(extra["scaler"])
+        if self.step == 0:
+            torch.manual_seed(config.seed)  # dropout; a resumed run restores the RNG state instead
+        if self.export:
+            for key, unit in self.units.items():
+                path = self.best_paths[key]
+                self.best_tensors[key] = (PromptArtifact.load(path).tensors if (resume and path.exists())
+                                          else export_unit(unit))
+        self.writer = _tensorboard(self.run_dir) if self.procs.main else None
+
+    def train(self, on_step: Callable[[int], None] | None) -> FitResult:
+        """Steps up to training.steps (or an early stop), evaluating and checkpointing on the way."""
+        config, procs = self.config, self.procs
+        started = time.perf_counter()
+        seen = 0
+        stopped_early = False
+        bar = tqdm(total=config.steps, initial=self.step, disable=not (self.progress and procs.main), desc="train",
+                   unit="step", dynamic_ncols=True)
+        if procs.main:  # lines that must not break the bar
+            self.say = bar.write if self.progress else (self.log or self.say)
+        for unit in self.units.values():
+            unit.train()
+        # Accelerate's fsdp_activation_checkpointing asks for the same as training.gradient_checkpointing.
+        checkpointing = config.gradient_checkpointing or bool(procs.sharding and procs.sharding.checkpointing)
+        if checkpointing:
+            set_checkpointing(self.pm.model, True)
+        if config.model_dropout:
+            self.pm.model.train()  # its dropout layers; evaluation switches them off again
+        try:
+            if self.evaluate is not None and self.step == 0 and config.eval_start:
+                # The starting prompt is a candidate like any other: a run that only makes it worse
+                # (a learning rate past the edge of stability) gives it back instead of the damage.
+                self.run_evaluation()
+            while self.step < config.steps:
+                idx = self.batch()
+                loss_value = self.train_step(idx)
+                self.step += 1
+                step = self.step
+                seen += len(idx)
+                self.running.append(loss_value)
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss became {loss_value} at step {step}; lower training.lr")
+                elapsed = time.perf_counter() - started - self.eval_seconds
+                bar.update(1)
+                recent = self.running[-20:]
+                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", samples_s=f"{seen / elapsed:.1f}")
+                if step % config.log_every == 0 or step == config.steps:
+                    self.log_losses()
+                if self.evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
+                    self.run_evaluation()
+                    if config.patience is not None and all(b["bad_evals"] >= config.patience
+                                                         for b in self.best.values() if b["metric"] is not None):
+                        stopped_early = True
+                if step % (config.checkpoint_every or config.eval_every) == 0 or step == config.steps or stopped_early:
+                    self.save_state()
+                if on_step is not None:
+                    on_step(step)
+                if stopped_early:
+                    self.say(f"early stop: no improvement in {config.patience} evaluations")
+                    break
+        except KeyboardInterrupt:
+            # The state after the last finished step is consistent: keep it so `--resume` continues.
+            self.save_state(together=False)  # the other processes may be gone already: no barrier
+            bar.close()
+            raise
+        finally:
+            bar.close()
+            if checkpointing:
+                set_checkpointing(self.pm.model, False)
+            self.pm.model.eval()  # as loaded: evaluation and serving never see the base's dropout
+            if self.writer:
+                self.writer.close()
+        elapsed = time.perf_counter() - started - self.eval_seconds
+        return self.result(elapsed, seen, stopped_early)
+
+    def batch(self) -> list[int]:
+        """The item indices of this step's whole batch (all processes), a function of (seed, step)."""
+        config, step = self.config, self.step
+        if self.balanced:
+            return balanced_batch_order(self.labels, config.batch_size, step, config.seed)
+        if self.mixture:
+            return mixture_batch_order(self.groups, config.batch_size, step, config.seed, config.mixing_temperature)
+        return batch_order(len(self.train_items), config.batch_size, step, config.seed,
+                           self.lengths if config.group_by_length else None)
+
+    def train_step(self, idx: Sequence[int]) -> float:
+        """One optimizer step on the batch idx (this process's share of it); the whole batch's loss."""
+        config, procs, units, scaler = self.config, self.procs, self.units, self.scaler
+        if procs.active:  # dropout masks: a function of (seed, step, process), so resume needs no RNG state
+            torch.manual_seed((config.seed * 1_000_003 + self.step) * 1_009 + procs.rank)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value = 0.0
+        by_key: dict[str, list] = {}
+        for i in idx:
+            by_key.setdefault(self.train_items[i].key, []).append(self.train_items[i].item)
+        # Every process divides by the whole batch's count: the summed gradients are the batch's.
+        total = max(1, sum(units[k].task.loss_count(items) for k, items in by_key.items()))
+        for chunk, weight in step_chunks(procs, idx, self.lengths, config.micro_batch_tokens):
+            items = [self.train_items[i] for i in chunk]
+            with self.autocast():
+                outputs = class_logits(self.pm, units, items, config.padding_side)
+                # summed per micro-batch and task, divided by the whole batch's count: gradients add up exactly
+                loss = sum(units[k].task.loss_sum([o for o, p in zip(outputs, items) if p.key == k],
+                                                  [p.item for p in items if p.key == k])
+                           for k in dict.fromkeys(p.key for p in items)) / total
+                if weight != 1.0:
+                    loss = loss * weight
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            loss_value += loss.item()
+        procs.sum_gradients(self.params)
+        loss_value = procs.sum_float(loss_value)
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        return loss_value
+
+    def log_losses(self) -> None:
+        mean_loss = sum(self.running) / len(self.running)
+        lr = self.scheduler.get_last_lr()[0]
+        self.history.append({"step": self.step, "loss": mean_loss, "lr": lr})
+        if self.writer:
+            self.writer.add_scalar("train/loss", mean_loss, self.step)
+            self.writer.add_scalar("train/lr", lr, self.step)
+        self.running = []
+
+    def run_evaluation(self) -> None:
+        """Score the prompts as they are now on dev, log them, and keep each that beats its earlier scores."""
+        config, step, single = self.config, self.step, self.single
+        for unit in self.units.values():
             unit.eval()
         if config.model_dropout:
-            pm.model.eval()  # no dropout, and no checkpointing either (no gradients here)
+            self.pm.model.eval()  # no dropout, and no checkpointing either (no gradients here)
         eval_started = time.perf_counter()
-        scores_by_key = evaluate()
-        eval_seconds += time.perf_counter() - eval_started
-        for unit in units.values():
+        scores_by_key = self.evaluate()
+        self.eval_seconds += time.perf_counter() - eval_started
+        for unit in self.units.values():
             unit.train()
         if config.model_dropout:
-            pm.model.train()
+            self.pm.model.train()
         entry = {"step": step}
         for key, scores in scores_by_key.items():
             numbers = {k: v for k, v in scores.items() if isinstance(v, (int, float))}
             entry.update(numbers if single else {f"{key}/{k}": v for k, v in numbers.items()})
-            if writer:
+            if self.writer:
                 for k, v in numbers.items():
-                    writer.add_scalar(f"dev/{k}" if single else f"dev/{key}/{k}", v, step)
-            value, mine = scores[metrics[key]], best[key]
+                    self.writer.add_scalar(f"dev/{k}" if single else f"dev/{key}/{k}", v, step)
+            value, mine = scores[self.metrics[key]], self.best[key]
             # Strictly better only: on a tie the earlier prompt stays (the start, when nothing beat it).
             if mine["metric"] is None or value > mine["metric"]:
                 mine.update(metric=value, step=step, bad_evals=0)
-                if export:
-                    best_tensors[key] = export_unit(units[key])
-                    if main:
-                        PromptArtifact(best_tensors[key], {"method": "checkpoint-best", "step": step}).save(best_paths[key])
+                if self.export:
+                    self.best_tensors[key] = export_unit(self.units[key])
+                    if self.procs.main:
+                        PromptArtifact(self.best_tensors[key],
+                                       {"method": "checkpoint-best", "step": step}).save(self.best_paths[key])
             else:
                 mine["bad_evals"] += 1
-            name = metrics[key] if single else f"{key} {metrics[key]}"
-            say(f"step {step}: dev {name} {value:.4f} (best {mine['metric']:.4f} at step {mine['step']})")
-        history.append(entry)
+            self.say(f"step {step}: dev {self.metric_name(key)} {value:.4f} "
+                     f"(best {mine['metric']:.4f} at step {mine['step']})")
+        self.history.append(entry)
 
-    def save_state(together: bool = True) -> None:
+    def metric_name(self, key: str) -> str:
+        return self.metrics[key] if self.single else f"{key} {self.metrics[key]}"
+
+    def save_state(self, together: bool = True) -> None:
         """A checkpoint of the state after the last finished step, written by the main process."""
-        if main:
-            extra = {"history": history, "best": best[next(iter(units))] if single else best, "running": running,
-                     **({"scaler": scaler.state_dict()} if scaler is not None else {})}
-            save_training_state(checkpoint_dir(run_dir, step), modules=modules, optimizer=optimizer,
-                                scheduler=scheduler, step=step, extra=extra)
-            prune_checkpoints(run_dir, config.keep_checkpoints)
+        if self.procs.main:
+            extra = {"history": self.history, "best": self.best[next(iter(self.units))] if self.single else self.best,
+                     "running": self.running,
+                     **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {})}
+            save_training_state(checkpoint_dir(self.run_dir, self.step), modules=self.modules,
+                                optimizer=self.optimizer, scheduler=self.scheduler, step=self.step, extra=extra)
+            prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
         if together:
-            procs.barrier()  # no process reads on before the checkpoint is whole
+            self.procs.barrier()  # no process reads on before the checkpoint is whole
 
-    try:
-        if evaluate is not None and step == 0 and config.eval_start:
-            # The starting prompt is a candidate like any other: a run that only makes it worse
-            # (a learning rate past the edge of stability) gives it back instead of the damage.
-            run_evaluation()
-        while step < config.steps:
-            if balanced:
-                idx = balanced_batch_order(labels, config.batch_size, step, config.seed)
-            elif mixture:
-                idx = mixture_batch_order(groups, config.batch_size, step, config.seed, config.mixing_temperature)
-            else:
-                idx = batch_order(len(train_items), config.batch_size, step, config.seed,
-                                  lengths if config.group_by_length else None)
-            if procs.active:  # dropout masks: a function of (seed, step, process), so resume needs no RNG state
-                torch.manual_seed((config.seed * 1_000_003 + step) * 1_009 + procs.rank)
-            optimizer.zero_grad(set_to_none=True)
-            loss_value = 0.0
-            by_key: dict[str, list] = {}
-            for i in idx:
-                by_key.setdefault(train_items[i].key, []).append(train_items[i].item)
-            # Every process divides by the whole batch's count: the summed gradients are the batch's.
-            total = max(1, sum(units[k].task.loss_count(items) for k, items in by_key.items()))
-            for chunk, weight in step_chunks(procs, idx, lengths, config.micro_batch_tokens):
-                items = [train_items[i] for i in chunk]
-                with autocast():
-                    outputs = class_logits(pm, units, items, config.padding_side)
-                    # summed per micro-batch and task, divided by the whole batch's count: gradients add up exactly
-                    loss = sum(units[k].task.loss_sum([o for o, p in zip(outputs, items) if p.key == k],
-                                                      [p.item for p in items if p.key == k])
-                               for k in dict.fromkeys(p.key for p in items)) / total
-                    if weight != 1.0:
-                        loss = loss * weight
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-                loss_value += loss.item()
-            procs.sum_gradients(params)
-            loss_value = procs.sum_float(loss_value)
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            step += 1
-            seen += len(idx)
-            running.append(loss_value)
-            if not math.isfinite(running[-1]):
-                raise FloatingPointError(f"loss became {running[-1]} at step {step}; lower training.lr")
-            elapsed = time.perf_counter() - started - eval_seconds
-            bar.update(1)
-            bar.set_postfix(loss=f"{sum(running[-20:]) / len(running[-20:]):.4f}", samples_s=f"{seen / elapsed:.1f}")
-            if step % config.log_every == 0 or step == config.steps:
-                mean_loss = sum(running) / len(running)
-                history.append({"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0]})
-                if writer:
-                    writer.add_scalar("train/loss", mean_loss, step)
-                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                running = []
-            if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
-                run_evaluation()
-                if config.patience is not None and all(b["bad_evals"] >= config.patience
-                                                     for b in best.values() if b["metric"] is not None):
-                    stopped_early = True
-            if step % checkpoint_every == 0 or step == config.steps or stopped_early:
-                save_state()
-            if on_step is not None:
-                on_step(step)
-            if stopped_early:
-                say(f"early stop: no improvement in {config.patience} evaluations")
-                break
-    except KeyboardInterrupt:
-        # The state after the last finished step is consistent: keep it so `--resume` continues.
-        save_state(together=False)  # the other processes may be gone already: no barrier
-        bar.close()
-        raise
-    finally:
-        bar.close()
-        if checkpointing:
-            set_checkpointing(pm.model, False)
-        pm.model.eval()  # as loaded: evaluation and serving never see the base's dropout
-        if writer:
-            writer.close()
-    elapsed = time.perf_counter() - started - eval_seconds
-    per_task = {}
-    for key, unit in units.items():
-        evaluated = best[key]["metric"] is not None  # a task of several may have no dev examples
-        if export and not evaluated:
-            best_tensors[key] = export_unit(unit)  # nothing to choose by: the last prompt
-        kept_start = evaluated and step > 0 and best[key]["step"] == 0
-        if kept_start:
-            name = metrics[key] if single else f"{key} {metrics[key]}"
-            say(f"no evaluation beat the starting prompt (dev {name} {best[key]['metric']:.4f} at step 0): keeping it")
-        per_task[key] = TaskBest(tensors=best_tensors.get(key, {}), metric=best[key]["metric"],
-                                 step=best[key]["step"] if evaluated else step, kept_start=kept_start)
-    if main:
-        (run_dir / "history.json").write_text(json.dumps(history, indent=1))
-        try:
-            _plot(history, run_dir / "training.png",
-                  [metrics[k] if single else f"{k}/{metrics[k]}" for k in units])
-        except Exception as exc:  # a plot must never lose a trained prompt
-            print(f"warning: could not draw training.png ({exc})")
-    first = per_task[next(iter(units))]
-    return FitResult(
-        best_tensors=first.tensors,
-        best_metric=first.metric,
-        best_step=first.step,
-        steps_done=step,
-        history=history,
-        train_seconds=elapsed,
-        samples_per_second=seen / elapsed if elapsed > 0 else 0.0,
-        stopped_early=stopped_early,
-        kept_start=first.kept_start,
-        per_task=per_task,
-    )
+    def result(self, elapsed: float, seen: int, stopped_early: bool) -> FitResult:
+        """Every task's kept prompt (its best evaluation, else its last), the history file and plot."""
+        step, best = self.step, self.best
+        per_task = {}
+        for key, unit in self.units.items():
+            evaluated = best[key]["metric"] is not None  # a task of several may have no dev examples
+            if self.export and not evaluated:
+                self.best_tensors[key] = export_unit(unit)  # nothing to choose by: the last prompt
+            kept_start = evaluated and step > 0 and best[key]["step"] == 0
+            if kept_start:
+                self.say(f"no evaluation beat the starting prompt (dev {self.metric_name(key)} "
+                         f"{best[key]['metric']:.4f} at step 0): keeping it")
+            per_task[key] = TaskBest(tensors=self.best_tensors.get(key, {}), metric=best[key]["metric"],
+                                     step=best[key]["step"] if evaluated else step, kept_start=kept_start)
+        if self.procs.main:
+            (self.run_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+            try:
+                _plot(self.history, self.run_dir / "training.png",
+                      [self.metrics[k] if self.single else f"{k}/{self.metrics[k]}" for k in self.units])
+            except Exception as exc:  # a plot must never lose a trained prompt
+                print(f"warning: could not draw training.png ({exc})")
+        first = per_task[next(iter(self.units))]
+        return FitResult(
+            best_tensors=first.tensors,
+            best_metric=first.metric,
+            best_step=first.step,
+            steps_done=step,
+            history=self.history,
+            train_seconds=elapsed,
+            samples_per_second=seen / elapsed if elapsed > 0 else 0.0,
+            stopped_early=stopped_early,
+            kept_start=first.kept_start,
+            per_task=per_task,
+        )
 
 
 def _tensorboard(run_dir: Path):
