@@ -53,8 +53,8 @@ def launch(config: Path, name: str, *extra: str, wait: bool = True, command: str
 
 
 def launch_args(*args: str, wait: bool = True, how: tuple[str, ...] = ("--multi_gpu",), env: dict | None = None):
-    command = [str(ACCELERATE), "launch", *how, "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+    command = [str(ACCELERATE), "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--main_process_port", str(free_port()), *how,  # how: the last word
                "-m", "softprompt.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", **(env or {})}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -149,6 +149,15 @@ def test_ppt_pretraining_runs_data_parallel_and_writes_once(setup, tmp_path):
     art = PromptArtifact.load(tmp_path / "ppt" / "prompt.safetensors")
     assert art.meta["transfer"]["format"] == "pair" and art.meta["training"]["steps_done"] == 4
     assert len((tmp_path / "ppt" / "data" / "train.jsonl").read_text().splitlines()) == 36
+
+
+def test_the_launchers_mixed_precision_sets_the_runs_precision(setup):
+    from softprompt.core import PromptArtifact
+
+    tmp, config = setup
+    out = launch(config, "bf16", "training.steps=4", how=("--multi_gpu", "--mixed_precision", "bf16"))
+    assert out.count("training.precision=bf16, as accelerate launch --mixed_precision asks") == 1
+    assert PromptArtifact.load(tmp / "runs" / "bf16" / "prompt.safetensors").meta["training"]["precision"] == "bf16"
 
 
 # ---- a sharded base (FSDP, DeepSpeed ZeRO-3) ---------------------------------------------------------

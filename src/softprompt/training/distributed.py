@@ -66,6 +66,7 @@ class Processes:
     world: int = 1
     device: torch.device | None = None  # the device the launcher gave this process (None: one process)
     sharding: Sharding | None = None  # the frozen base is sharded over the processes (FSDP, ZeRO-3)
+    mixed_precision: str | None = None  # accelerate launch --mixed_precision: "bf16" or "fp16" (None: not asked)
 
     @property
     def main(self) -> bool:
@@ -192,8 +193,9 @@ def processes() -> Processes:
 
     cpu = not torch.cuda.is_available() or _flag("ACCELERATE_USE_CPU")
     state = PartialState(cpu=cpu)
+    asked = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
     _current = Processes(rank=state.process_index, world=state.num_processes, device=torch.device(state.device),
-                         sharding=sharding)
+                         sharding=sharding, mixed_precision=asked if asked in ("bf16", "fp16") else None)
     return _current
 
 

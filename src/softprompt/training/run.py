@@ -20,6 +20,7 @@ from .. import __version__
 from ..configs import (
     DataConfig,
     ModelConfig,
+    Precision,
     RunConfig,
     TrainingConfig,
     from_dict,
@@ -361,6 +362,11 @@ def train(
     if base.sharding:
         log(base.sharding)
     t = config.training
+    if procs.mixed_precision and t.precision is Precision.FP32:
+        # `accelerate launch --mixed_precision bf16` asks what training.precision says; the run config's
+        # own bf16/fp16, when it sets one, wins.
+        t.precision = Precision(procs.mixed_precision)
+        log(f"training.precision={t.precision.value}, as accelerate launch --mixed_precision asks")
     if config.tasks:
         runs = [_set_up_task(e.name, e.name, e.task if e.task is not None else config.task,
                              e.method if e.method is not None else config.method, e.data, t, base, e.lr)
