@@ -95,6 +95,14 @@ def test_the_openai_client_gets_completions_chat_completions_and_streams(live):
     streamed = client.chat.completions.create(model="tiny-llama", messages=messages, max_tokens=5, temperature=0,
                                               stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == chat.choices[0].message.content
+    # A task prompt takes the last user message as its input, as /v1/completions takes its prompt: the
+    # chat template around it would be text the prompt never saw in training.
+    turns = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "dull plot"},
+             {"role": "assistant", "content": "bad"}, {"role": "user", "content": "a warm film"}]
+    task_chat = client.chat.completions.create(model="gen-pt", messages=turns, max_tokens=6, temperature=0)
+    assert task_chat.choices[0].message.content == _alone(live.registry, "gen-pt", "a warm film", params)
+    with pytest.raises(openai.BadRequestError, match="no user message"):
+        client.chat.completions.create(model="gen-pt", messages=[{"role": "system", "content": "hi"}], max_tokens=2)
     sampled = [client.completions.create(model="gen-pt", prompt="great", max_tokens=8, temperature=1.0, seed=7, n=2)
                for _ in range(2)]
     assert [c.text for c in sampled[0].choices] == [c.text for c in sampled[1].choices]  # same seed, same text

@@ -312,7 +312,8 @@ def create_app(registry: PromptRegistry, settings: ServeSettings | None = None) 
     @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse, responses=STREAMING,
               tags=["openai"])
     async def chat_completions(body: p.ChatCompletionRequest, request: Request):
-        """The assistant's reply: the messages, written with the model's chat template, fill the prompt's template."""
+        """The assistant's reply. The base model takes the whole conversation in its chat template; a
+        task prompt takes the last user message as its input (`{text}` of its template)."""
         served = served_for(request, body.model, ("generation",), "/v1/chat/completions")
         text = _chat_text(served, body.messages)
         limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -446,8 +447,19 @@ def _finish(reason: str) -> str | None:
 
 
 def _chat_text(served: ServedPrompt, messages: list[p.ChatMessage]) -> str:
-    """The conversation as one text: the tokenizer's chat template with the assistant's turn opened
-    (role lines when the tokenizer has none)."""
+    """The text a chat request gives the prompt's template.
+
+    The base model served under its own name takes its input as written: the conversation in the
+    tokenizer's chat template with the assistant's turn opened (role lines when it has none). A task
+    prompt was trained on one input filling its template (wrapped in the chat template by the task
+    itself when it says task.chat), so it takes the last user message; the chat template around it
+    would be text it never saw in training."""
+    if not served.is_base:
+        users = [m.content for m in messages if m.role == "user"]
+        if not users:
+            raise APIError(400, f"prompt {served.name!r} takes the last user message as its input; the messages "
+                                "have no user message", param="messages")
+        return users[-1]
     tokenizer = served.task.tokenizer
     turns = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in messages]
     if getattr(tokenizer, "chat_template", None):

@@ -24,6 +24,9 @@ class PromptNotFound(DataError):
     """No prompt of that name is loaded."""
 
 
+BASE_SOURCE = "base model"  # the source of the base model's own entry
+
+
 @dataclass
 class ServedPrompt:
     """A loaded prompt as the server sees it."""
@@ -39,6 +42,11 @@ class ServedPrompt:
     @property
     def task(self):
         return self.unit.task
+
+    @property
+    def is_base(self) -> bool:
+        """The base model itself, no prompt, its input as written (add_base)."""
+        return self.unit.method is None and self.source == BASE_SOURCE
 
     @property
     def kind(self) -> str:
@@ -161,7 +169,7 @@ class PromptRegistry:
         template = "{text}{mask}" if self.base.info.kind is ModelKind.CAUSAL else "{text}"
         task = build_task({"kind": "generation", "template": template, "max_length": int(min(limit, 8192))},
                           self.base, [], 0)
-        return self._register(self.base.name, TaskPrompt(self.base.name, None, task), "none", "base model", 0, {})
+        return self._register(self.base.name, TaskPrompt(self.base.name, None, task), "none", BASE_SOURCE, 0, {})
 
     def remove(self, name: str) -> None:
         self.get(name)
