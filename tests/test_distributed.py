@@ -250,7 +250,11 @@ def _shard_in_two(rank: int, init: str, model_dir: str, out: str) -> None:
     with torch.no_grad():
         logits = base.model(input_ids=ids).logits
     blocks = sum(p.numel() * 4 for p in base.model.model.layers.parameters())  # float32, whole
-    torch.save({"count": sharded.modules, "bytes": (sharded.local_bytes, sharded.total_bytes, blocks), "local": tuple(layer.to_local().shape), "global": tuple(layer.shape),
+    finer = load_base(model_dir, reuse=False)  # size-based: the blocks' large parts too, each block for the rest
+    parts = shard_base(finer.model, Processes(rank, 2, torch.device("cpu"), Sharding("FSDP", min_params=1000)))
+    with torch.no_grad():
+        finer_diff = float((whole - finer.model(input_ids=ids).logits).abs().max())
+    torch.save({"count": sharded.modules, "parts": parts.modules, "finer_diff": finer_diff, "bytes": (sharded.local_bytes, sharded.total_bytes, blocks), "local": tuple(layer.to_local().shape), "global": tuple(layer.shape),
                 "embedding": type(base.model.get_input_embeddings().weight).__name__,
                 "diff": float((whole - logits).abs().max())}, f"{out}.{rank}")
     dist.destroy_process_group()
@@ -270,6 +274,7 @@ def test_shard_base_keeps_half_of_each_block_per_process_and_the_same_outputs(tm
         assert got["local"][0] * 2 == got["global"][0]  # each process holds half of the block's weights
         assert got["embedding"] == "Parameter"  # the input embeddings stay whole (prompts read them)
         assert got["diff"] < 1e-5
+        assert got["parts"] > 2 * 2 and got["finer_diff"] < 1e-5  # nested in each block: more than the blocks
 
 
 @pytest.mark.parametrize("env, expected", [

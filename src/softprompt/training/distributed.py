@@ -283,9 +283,15 @@ class Sharded:
     total_bytes: int
 
     def describe(self) -> str:
-        mib = 2 ** 20
-        return (f"{self.modules} modules sharded; this process holds {self.local_bytes / mib:,.1f} MiB of the "
-                f"base's {self.total_bytes / mib:,.1f} MiB")
+        return (f"{self.modules} modules sharded; this process holds {_size(self.local_bytes)} of the base's "
+                f"{_size(self.total_bytes)}")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _parameter_bytes(model: torch.nn.Module) -> int:
@@ -328,36 +334,36 @@ def shard_base(model: torch.nn.Module, procs: Processes) -> Sharded:
 
 
 def _blocks_to_shard(model: torch.nn.Module, plan: Sharding) -> list[torch.nn.Module]:
-    """The outermost modules to shard: the named block classes (default: the model's own
-    _no_split_modules), or with min_params every module holding that many parameters not yet taken;
-    never the root, nor a module holding the input embeddings or output head (read outside blocks)."""
+    """The modules to shard, inner ones first: the outermost blocks of the named classes (default:
+    the model's own _no_split_modules); with min_params, inside each block every module holding that
+    many parameters not yet taken, then the block itself for the rest. Only blocks and their parts:
+    they run once per pass on every process (heads run once per task, which differs by process), and
+    never a module holding the input embeddings or output head, which prompts read outside blocks."""
     kept_whole = {id(m.weight) for m in (model.get_input_embeddings(), getattr(model, "get_output_embeddings",
                                                                                 lambda: None)())
                   if m is not None and getattr(m, "weight", None) is not None}
-
-    def shardable(module: torch.nn.Module) -> bool:
-        return module is not model and not any(id(p) in kept_whole for p in module.parameters())
-
-    if plan.min_params:
-        chosen: list[torch.nn.Module] = []
-        taken: set[int] = set()
-
-        def visit(module: torch.nn.Module) -> None:  # children first, as torch's size-based policy
-            for child in module.children():
-                visit(child)
-            free = sum(p.numel() for p in module.parameters() if id(p) not in taken)
-            if shardable(module) and free >= plan.min_params:
-                chosen.append(module)
-                taken.update(id(p) for p in module.parameters())
-
-        visit(model)
-        return chosen
     names = set(plan.block_names or getattr(model, "_no_split_modules", None) or ())
-    chosen, seen = [], set()
+    blocks, seen = [], set()
     for module in model.modules():
-        if type(module).__name__ in names and shardable(module) and id(module) not in seen:
-            chosen.append(module)
+        if (type(module).__name__ in names and module is not model and id(module) not in seen
+                and not any(id(p) in kept_whole for p in module.parameters())):
+            blocks.append(module)
             seen.update(id(m) for m in module.modules())
+    if not plan.min_params:
+        return blocks
+    chosen: list[torch.nn.Module] = []
+    taken: set[int] = set()
+
+    def visit(module: torch.nn.Module, block: bool) -> None:  # children first, as torch's size-based policy
+        for child in module.children():
+            visit(child, False)
+        free = sum(p.numel() for p in module.parameters() if id(p) not in taken)
+        if free and (block or free >= plan.min_params):
+            chosen.append(module)
+            taken.update(id(p) for p in module.parameters())
+
+    for block in blocks:
+        visit(block, True)
     return chosen
 
 
