@@ -265,6 +265,8 @@ def test_hot_loading_keeps_in_flight_requests_and_a_disconnect_frees_the_rows(li
 def test_health_metrics_and_prompt_list(live):
     url = live.url
     httpx.post(f"{url}/v1/classify", json={"model": "topic-pt", "input": ["great", "awful"]}, timeout=30)
+    httpx.post(f"{url}/v1/classify", json={"model": "no-such-prompt", "input": "great"}, timeout=30)  # an error
+    httpx.post(f"{url}/v1/completions", json={"model": "gen-pt", "prompt": "great", "max_tokens": 2}, timeout=30)
     health = httpx.get(f"{url}/health", timeout=30).json()
     assert health["status"] == "ok" and health["prompts"] >= len(SERVED)
     listed = httpx.get(f"{url}/v1/prompts", timeout=30).json()
@@ -277,6 +279,7 @@ def test_health_metrics_and_prompt_list(live):
                  "softprompt_request_seconds_bucket", "softprompt_generated_tokens_total", "softprompt_running_rows"):
         assert name in text, name
     assert 'prompt="topic-pt",route="/v1/classify",status="200"' in text
+    assert 'softprompt_request_errors_total{prompt="none",route="/v1/classify",status="404"}' in text
 
 
 def test_tag_and_classify_with_a_head_on_an_encoder(tmp_path):
@@ -344,6 +347,9 @@ def test_the_serve_command_answers_curl_style_requests_and_drains_on_sigterm(pro
         assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
         log = proc.stderr.read()
         assert '"path": "/v1/completions", "status": 200' in log  # structured access log
+        (line,) = [json.loads(x) for x in log.splitlines() if '"path": "/v1/completions"' in x]
+        # the stream's first byte came before its last (which waited through the drain)
+        assert line["prompt"] == "answers" and line["total_ms"] > line["ms"] > 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -106,21 +106,8 @@ def create_app(registry: PromptRegistry, settings: ServeSettings | None = None) 
         logging.getLogger("softprompt.serve").exception("unexpected error on %s", request.url.path)
         return _error(500, f"internal error: {type(exc).__name__}", "server_error")
 
-    # ---- metrics and access log --------------------------------------------------------------------
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        started = time.perf_counter()
-        request.state.prompt = None
-        response = await call_next(request)
-        seconds = time.perf_counter() - started
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.request(path, request.state.prompt, response.status_code, seconds)
-        access_log.info(json.dumps({"ts": round(time.time(), 3), "method": request.method, "path": request.url.path,
-                                    "status": response.status_code, "ms": round(1000 * seconds, 1),
-                                    "prompt": request.state.prompt,
-                                    "client": request.client.host if request.client else None}))
-        return response
+    # ---- metrics and access log: _Observe, added around the routes -------------------------------
+    app.add_middleware(_Observe, metrics=metrics, log=access_log)
 
     # ---- helpers ---------------------------------------------------------------------------------
     def served_for(request: Request, name: str, kinds: tuple[str, ...], route: str) -> ServedPrompt:
@@ -440,6 +427,42 @@ def create_app(registry: PromptRegistry, settings: ServeSettings | None = None) 
         return HTMLResponse(resources.files("softprompt.serve").joinpath("page.html").read_text(encoding="utf-8"))
 
     return app
+
+
+class _Observe:
+    """Metrics and one JSON access-log line per HTTP request, as plain ASGI middleware: streamed
+    bodies pass through untouched (Starlette's BaseHTTPMiddleware re-wraps them through a task and a
+    queue). Latency is to the response's first byte (what a stream's client waits for); the log line
+    adds the whole response's time."""
+
+    def __init__(self, app, metrics, log):
+        self.app, self.metrics, self.log = app, metrics, log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})  # request.state of the handlers: the prompt they served
+        state["prompt"] = None
+        answered: dict = {"status": 500, "seconds": None}  # an exception that escapes becomes a 500
+
+        async def observed_send(message):
+            if message["type"] == "http.response.start":
+                answered.update(status=message["status"], seconds=time.perf_counter() - started)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            total = time.perf_counter() - started
+            first = answered["seconds"] if answered["seconds"] is not None else total
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.request(route, state.get("prompt"), answered["status"], first)
+            client = scope.get("client")
+            self.log.info(json.dumps({"ts": round(time.time(), 3), "method": scope.get("method"),
+                                      "path": scope.get("path"), "status": answered["status"],
+                                      "ms": round(1000 * first, 1), "total_ms": round(1000 * total, 1),
+                                      "prompt": state.get("prompt"), "client": client[0] if client else None}))
 
 
 def _finish(reason: str) -> str | None:
