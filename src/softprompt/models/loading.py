@@ -213,11 +213,37 @@ def wrap_model(model, tokenizer, name: str, kind: ModelKind | None = None) -> Ba
     """A BaseModel around an already-built transformers model (tests, users with their own loading)."""
     freeze(model)
     info = describe(model.config, model, kind)
+    _with_pad_token(tokenizer)
+    fingerprint, weights = fingerprints(model)
+    return BaseModel(model=model, tokenizer=tokenizer, info=info, name=name, fingerprint=fingerprint, weights=weights)
+
+
+def _with_pad_token(tokenizer) -> None:
     if tokenizer is not None and tokenizer.pad_token_id is None:
         # Pad positions are always masked; any id works, and eos is what every causal LM has.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    fingerprint, weights = fingerprints(model)
-    return BaseModel(model=model, tokenizer=tokenizer, info=info, name=name, fingerprint=fingerprint, weights=weights)
+
+
+def skeleton_base(name_or_path: str, *, model_class: str, fingerprint: str, weights: str, kind: str,
+                  dtype: str | torch.dtype | None = None) -> BaseModel:
+    """A base model's structure without its weights (tensors on the meta device), with its tokenizer
+    and the fingerprint that the process which read the weights computed: what the other processes
+    of a sharded run hold until that process hands each its shards (training.distributed.shard_base).
+    Called after that process loaded the model, so an embedded model's converted copy exists."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    path, display = resolve_path(name_or_path)
+    local = {"local_files_only": True} if not Path(path).exists() else {}  # the loading process fetched it
+    config = AutoConfig.from_pretrained(path, **local)
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    with torch.device("meta"):
+        model = getattr(transformers, model_class)._from_config(config, dtype=torch_dtype or torch.float32)
+    freeze(model)
+    tokenizer = AutoTokenizer.from_pretrained(path, **local)
+    _with_pad_token(tokenizer)
+    return BaseModel(model=model, tokenizer=tokenizer, info=describe(model.config, model, ModelKind(kind)),
+                     name=display, fingerprint=fingerprint, weights=weights)
 
 
 _LOADED: dict[tuple, BaseModel] = {}

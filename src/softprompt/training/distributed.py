@@ -313,8 +313,8 @@ def shard_base(model: torch.nn.Module, procs: Processes) -> Sharded:
     if plan.offload and device.type != "cuda":
         raise ConfigError(f"{plan.source}: offloading the base's shards to CPU memory needs GPUs; on CPUs the shards "
                           "are in CPU memory already (turn the offload off)")
-    blocks = _blocks_to_shard(model, plan)
-    if not blocks:
+    groups = _blocks_to_shard(model, plan)
+    if not groups:
         names = ", ".join(plan.block_names or getattr(model, "_no_split_modules", None) or ["(none)"])
         raise ConfigError(f"{plan.source}: {type(model).__name__} has no blocks of class {names} to shard; set "
                           "fsdp_transformer_layer_cls_to_wrap to the class of its layers")
@@ -324,19 +324,20 @@ def shard_base(model: torch.nn.Module, procs: Processes) -> Sharded:
     else:
         mesh = init_device_mesh(device.type, (procs.world,))
     total = _parameter_bytes(model)
-    inside = {id(p) for block in blocks for p in block.parameters()} | \
-        {id(b) for block in blocks for b in block.buffers()}
-    _move_rest(model, inside, device)
+    inside = {id(t) for block, _ in groups for t in (*block.parameters(), *block.buffers())}
+    _materialise(model, device, procs, skip=inside)
     offload = CPUOffloadPolicy() if plan.offload else OffloadPolicy()
-    for block in blocks:
-        fully_shard(block, mesh=mesh, reshard_after_forward=plan.reshard_after_forward, offload_policy=offload)
-    return Sharded(len(blocks), _parameter_bytes(model), total)
+    for block, parts in groups:  # one block whole at a time: the main process's values, then shards
+        _materialise(block, device, procs)
+        for module in parts:
+            fully_shard(module, mesh=mesh, reshard_after_forward=plan.reshard_after_forward, offload_policy=offload)
+    return Sharded(sum(len(parts) for _, parts in groups), _parameter_bytes(model), total)
 
 
-def _blocks_to_shard(model: torch.nn.Module, plan: Sharding) -> list[torch.nn.Module]:
-    """The modules to shard, inner ones first: the outermost blocks of the named classes (default:
-    the model's own _no_split_modules); with min_params, inside each block every module holding that
-    many parameters not yet taken, then the block itself for the rest. Only blocks and their parts:
+def _blocks_to_shard(model: torch.nn.Module, plan: Sharding) -> list[tuple[torch.nn.Module, list[torch.nn.Module]]]:
+    """The outermost blocks of the named classes (default: the model's own _no_split_modules), each
+    with the modules to shard in it, inner ones first: the block; with min_params, every module in it
+    holding that many parameters not yet taken, then the block itself for the rest. Only blocks and their parts:
     they run once per pass on every process (heads run once per task, which differs by process), and
     never a module holding the input embeddings or output head, which prompts read outside blocks."""
     kept_whole = {id(m.weight) for m in (model.get_input_embeddings(), getattr(model, "get_output_embeddings",
@@ -350,33 +351,40 @@ def _blocks_to_shard(model: torch.nn.Module, plan: Sharding) -> list[torch.nn.Mo
             blocks.append(module)
             seen.update(id(m) for m in module.modules())
     if not plan.min_params:
-        return blocks
-    chosen: list[torch.nn.Module] = []
+        return [(block, [block]) for block in blocks]
     taken: set[int] = set()
 
-    def visit(module: torch.nn.Module, block: bool) -> None:  # children first, as torch's size-based policy
+    def visit(module: torch.nn.Module, block: bool, chosen: list) -> list:  # children first, as torch's policy
         for child in module.children():
-            visit(child, False)
+            visit(child, False, chosen)
         free = sum(p.numel() for p in module.parameters() if id(p) not in taken)
         if free and (block or free >= plan.min_params):
             chosen.append(module)
             taken.update(id(p) for p in module.parameters())
+        return chosen
 
-    for block in blocks:
-        visit(block, True)
-    return chosen
+    return [(block, visit(block, True, [])) for block in blocks]
 
 
-def _move_rest(model: torch.nn.Module, inside: set[int], device: torch.device) -> None:
-    """Move the parameters and buffers outside the sharded blocks to device (tied weights stay tied)."""
-    moved: dict[int, torch.Tensor] = {}
-    for module in model.modules():
+def _materialise(root: torch.nn.Module, device: torch.device, procs: Processes, skip: set[int] = frozenset()) -> None:
+    """Every parameter and buffer under root (but those in skip) on device, with the main process's
+    values: the main process moves its own, the others (structure only, meta tensors) receive them
+    in a broadcast. Tied weights stay tied."""
+    done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (the original, kept alive: ids stay unique; its copy)
+
+    def placed(t: torch.Tensor, make) -> torch.Tensor:
+        if id(t) not in done:
+            out = t.detach().to(device) if procs.main else torch.empty(t.shape, dtype=t.dtype, device=device)
+            if procs.active:
+                torch.distributed.broadcast(out, 0)
+            done[id(t)] = (t, make(out))
+        return done[id(t)][1]
+
+    for module in root.modules():
         for name, param in list(module._parameters.items()):
-            if param is None or id(param) in inside:
-                continue
-            if id(param) not in moved:
-                moved[id(param)] = torch.nn.Parameter(param.data.to(device), requires_grad=param.requires_grad)
-            module._parameters[name] = moved[id(param)]
+            if param is not None and id(param) not in skip:
+                module._parameters[name] = placed(
+                    param, lambda out, p=param: torch.nn.Parameter(out, requires_grad=p.requires_grad))
         for name, buffer in list(module._buffers.items()):
-            if buffer is not None and id(buffer) not in inside:
-                module._buffers[name] = buffer.to(device)
+            if buffer is not None and id(buffer) not in skip:
+                module._buffers[name] = placed(buffer, lambda out: out)

@@ -72,15 +72,33 @@ def load_model(config: ModelConfig | Mapping | str) -> BaseModel:
         if config.device_map is not None:
             raise ConfigError(f"model.device_map={config.device_map!r} places the whole base in one process; under "
                               f"{procs.sharding.source} its blocks are sharded over the processes instead: drop one")
-        # Read whole into CPU memory, then each process keeps its shards on its own device.
-        base = load_base(config.name, dtype=config.dtype, device="cpu")
-        if base.sharding is None:
-            from .distributed import shard_base
-
-            sharded = shard_base(base.model, procs)
-            base.sharding = f"{procs.sharding.describe(procs.world)} ({sharded.describe()})"
-        return base
+        key = (config.name, str(config.dtype))
+        if key not in _SHARDED:
+            _SHARDED[key] = _load_sharded(config, procs)
+        return _SHARDED[key]
     return load_base(config.name, dtype=config.dtype, device=device, device_map=config.device_map)
+
+
+_SHARDED: dict[tuple, BaseModel] = {}
+
+
+def _load_sharded(config: ModelConfig, procs) -> BaseModel:
+    """The base sharded over the processes: the main process reads the weights into CPU memory, the
+    others build the structure alone (meta tensors) and receive their shards from it, one block at a
+    time, so no other process ever holds the whole model."""
+    from ..models.loading import skeleton_base
+    from .distributed import shard_base
+
+    base = load_base(config.name, dtype=config.dtype, device="cpu", reuse=False) if procs.main else None
+    facts = procs.broadcast_texts([type(base.model).__name__, base.fingerprint, base.weights, base.info.kind.value]
+                                  if procs.main else None)
+    if not procs.main:
+        model_class, fingerprint, weights, kind = facts
+        base = skeleton_base(config.name, model_class=model_class, fingerprint=fingerprint, weights=weights,
+                             kind=kind, dtype=config.dtype)
+    sharded = shard_base(base.model, procs)
+    base.sharding = f"{procs.sharding.describe(procs.world)} ({sharded.describe()})"
+    return base
 
 
 def split_kind(section: Mapping[str, Any], key: str, default: str) -> tuple[str, dict]:
