@@ -234,7 +234,9 @@ def skeleton_base(name_or_path: str, *, model_class: str, fingerprint: str, weig
     from transformers import AutoConfig, AutoTokenizer
 
     path, display = resolve_path(name_or_path)
-    local = {"local_files_only": True} if not Path(path).exists() else {}  # the loading process fetched it
+    # Config and tokenizer only (small): from the Hub when reachable, as on another machine of the run
+    # the loading process's download is not in this machine's cache.
+    local = {"local_files_only": True} if not Path(path).exists() and (hub_offline() or not hub_reachable()) else {}
     config = AutoConfig.from_pretrained(path, **local)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     with torch.device("meta"):
