@@ -48,3 +48,18 @@ def test_a_device_map_places_the_model(tmp_path):
     base = loading.load_base(path, device_map="cpu", reuse=False)
     assert base.device.type == "cpu"
     assert getattr(base.model, "hf_device_map", None) in ({"": "cpu"}, {"": torch.device("cpu")}, None)
+
+
+@pytest.mark.parametrize("family", ["llama", "t5", "bert"])
+def test_a_skeleton_has_the_loaded_models_structure_and_no_weights(tmp_path, family):
+    """What the other processes of a sharded run build while the main one reads the weights."""
+    save_tiny(family, tmp_path / family)
+    whole = loading.load_base(str(tmp_path / family), dtype="bfloat16", reuse=False)
+    skeleton = loading.skeleton_base(str(tmp_path / family), model_class=type(whole.model).__name__,
+                                     fingerprint=whole.fingerprint, weights=whole.weights,
+                                     kind=whole.info.kind.value, dtype="bfloat16")
+    shapes = lambda base: {n: (tuple(p.shape), p.dtype) for n, p in base.model.named_parameters()}  # noqa: E731
+    assert shapes(skeleton) == shapes(whole) and skeleton.info == whole.info
+    assert all(p.is_meta and not p.requires_grad for p in skeleton.model.parameters())
+    assert skeleton.fingerprint_meta() == whole.fingerprint_meta()
+    assert skeleton.tokenizer("a warm film")["input_ids"] == whole.tokenizer("a warm film")["input_ids"]

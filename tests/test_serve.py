@@ -9,11 +9,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
 from serving import GENERATION, METHODS, SENTIMENT, TOPIC, LiveServer, make_prompt
 from softprompt.engine import Engine, SamplingParams
