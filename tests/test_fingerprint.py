@@ -144,3 +144,31 @@ def test_wrap_model_fingerprint_is_what_the_function_gives():
     assert (base.fingerprint, base.weights) == fingerprints(model)
     assert base.fingerprint_meta() == {"fingerprint": base.fingerprint, "fingerprint_version": VERSION,
                                        "weights": base.weights, "dtype": "float32"}
+
+
+def test_records_of_one_fingerprint_version_compare_by_hash_and_of_two_by_name_and_shape():
+    from softprompt.models.fingerprint import same_base
+
+    v2 = {"name": "m", "fingerprint": "aaaa", "fingerprint_version": 2, "hidden_size": 32, "num_layers": 2}
+    assert same_base(v2, dict(v2)) and not same_base(v2, {**v2, "fingerprint": "bbbb"})
+    old = {"name": "m", "fingerprint": "cccc", "hidden_size": 32, "num_layers": 2}  # made before versions
+    with pytest.warns(UserWarning, match="version 2 and the other 1.*name and shape only"):
+        assert same_base(v2, old)
+    assert not same_base(v2, {**old, "name": "other"}) and not same_base(v2, {**old, "hidden_size": 64})
+    assert not same_base(old, {**old, "fingerprint": "dddd"})  # both version 1: the hashes decide
+
+
+def test_prompts_of_one_model_across_fingerprint_versions_are_compared(tmp_path):
+    from softprompt.core import PromptArtifact
+    from softprompt.transfer.similarity import _check_one_base
+
+    record = {"name": "m", "fingerprint": "aaaa", "fingerprint_version": 2, "hidden_size": 32, "num_layers": 2}
+    new = PromptArtifact({"prompt.input": torch.zeros(2, 32)}, {"method": "prompt_tuning", "base_model": record})
+    old = PromptArtifact({"prompt.input": torch.zeros(2, 32)},
+                         {"method": "prompt_tuning", "base_model": {**record, "fingerprint": "cccc",
+                                                                    "fingerprint_version": None}})
+    with pytest.warns(UserWarning):
+        _check_one_base([new, old], ["new", "old"])
+    other = PromptArtifact(new.tensors, {"method": "prompt_tuning", "base_model": {**record, "fingerprint": "bbbb"}})
+    with pytest.raises(ArtifactError, match="different base models"):
+        _check_one_base([new, other], ["new", "other"])

@@ -126,3 +126,29 @@ def fingerprint_mismatch(recorded: Mapping, base) -> tuple[str, str] | None:
     if weights is not None and weights != base.weights and _values_comparable(recorded.get("dtype"), base.dtype_name):
         return f"weights {weights}", f"weights {base.weights}: the same signs, other values, a rescaled or retrained copy"
     return None
+
+
+_SHAPE_FACTS = ("name", "model_type", "hidden_size", "num_layers")
+
+
+def same_base(a: Mapping, b: Mapping) -> bool:
+    """Whether two base_model records (artifact or projector metadata) describe one base model.
+
+    Records of one fingerprint version compare their fingerprints. A record of version 1 (or of no
+    version: made before versions were recorded) against one of version 2 cannot be compared by
+    hash, since no model is at hand to compute both: they compare by what both record, the model's
+    name and shape, with a warning that the check is the weaker one."""
+    if a.get("fingerprint") == b.get("fingerprint"):
+        return True
+    version_a, version_b = a.get("fingerprint_version") or 1, b.get("fingerprint_version") or 1
+    if version_a == version_b:
+        return False  # one algorithm: the hashes decide
+    shared = [k for k in _SHAPE_FACTS if a.get(k) is not None and b.get(k) is not None]
+    same = bool(shared) and all(a[k] == b[k] for k in shared) and "name" in shared
+    if same:
+        import warnings
+
+        warnings.warn(f"base model {a.get('name')!r}: one record has fingerprint version {version_a} and the other "
+                      f"{version_b} (made by an older softprompt), so they are matched by name and shape only; "
+                      "retrain or re-save the older prompt to check it by weights", stacklevel=3)
+    return same

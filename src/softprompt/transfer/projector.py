@@ -31,7 +31,7 @@ from torch import nn
 
 from ..core import PromptArtifact, PromptedModel, PromptTensors
 from ..errors import ArtifactError, ConfigError
-from ..models.fingerprint import fingerprint_mismatch
+from ..models.fingerprint import fingerprint_mismatch, same_base
 
 _META_KEY = "softprompt_projector"
 
@@ -112,11 +112,13 @@ def _input_prompt(art: PromptArtifact) -> torch.Tensor:
 
 
 def _one_model(arts: Sequence[PromptArtifact], side: str) -> dict:
-    prints = {a.meta.get("base_model", {}).get("fingerprint") for a in arts}
-    if len(prints) != 1:
-        raise ArtifactError(f"the {side} prompts come from {len(prints)} base models (fingerprints {sorted(map(str, prints))}); "
+    first = dict(arts[0].meta.get("base_model", {}))
+    others = [a for a in arts[1:] if not same_base(first, a.meta.get("base_model", {}))]
+    if others:
+        prints = sorted({str(a.meta.get("base_model", {}).get("fingerprint")) for a in [arts[0], *others]})
+        raise ArtifactError(f"the {side} prompts come from {len(prints)} base models (fingerprints {prints}); "
                             "a projector maps one model to one model")
-    return dict(arts[0].meta.get("base_model", {}))
+    return first
 
 
 def ridge_solve(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,7 +274,7 @@ def finetune_projector(projector: Projector, sources: Sequence[tuple], *, base, 
 def _check_source(projector: Projector, art: PromptArtifact) -> None:
     want = projector.meta.get("source", {}).get("fingerprint")
     got = art.meta.get("base_model", {}).get("fingerprint")
-    if want and got != want:
+    if want and not same_base(projector.meta["source"], art.meta.get("base_model", {})):
         raise ArtifactError(f"{art.path or 'artifact'}: made for {art.meta.get('base_model', {}).get('name')!r} "
                             f"(fingerprint {got}), but the projector maps from "
                             f"{projector.meta['source'].get('name')!r} (fingerprint {want})")

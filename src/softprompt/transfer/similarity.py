@@ -24,6 +24,7 @@ from torch import nn
 from ..core import PromptArtifact, PromptedModel, virtual
 from ..errors import ArtifactError, ConfigError
 from ..library.vectors import prompt_tokens
+from ..models.fingerprint import same_base
 
 DEFAULT_PROBE = "the quick brown fox jumps over the lazy dog"
 
@@ -114,11 +115,16 @@ def activated_neurons(base, prompt: torch.Tensor, probe: str = DEFAULT_PROBE) ->
 
 
 def _check_one_base(artifacts: Sequence[PromptArtifact], names: Sequence[str]) -> None:
-    prints = {}
+    groups_of: list[tuple[dict, list[str]]] = []  # (a base_model record, the prompts on that base)
     for art, name in zip(artifacts, names):
-        prints.setdefault(art.meta.get("base_model", {}).get("fingerprint"), []).append(name)
-    if len(prints) > 1:
-        groups = "; ".join(f"{fp}: {', '.join(n)}" for fp, n in prints.items())
+        record = art.meta.get("base_model", {})
+        group = next((g for g in groups_of if same_base(g[0], record)), None)
+        if group is None:
+            groups_of.append((record, [name]))
+        else:
+            group[1].append(name)
+    if len(groups_of) > 1:
+        groups = "; ".join(f"{r.get('fingerprint')}: {', '.join(n)}" for r, n in groups_of)
         raise ArtifactError(f"prompts of different base models cannot be compared (fingerprints {groups})")
 
 
