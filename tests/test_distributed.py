@@ -215,9 +215,12 @@ def test_fsdp1_flags_shard_a_llama_with_prefixes_checkpointing_and_uneven_shards
     assert_same_prompt(tmp_path / "runs" / "one", tmp_path / "runs" / "two", 20)
 
 
-def test_a_deepspeed_zero3_config_shards_the_base_and_decodes_a_generation_task(tmp_path):
-    """accelerate launch --use_deepspeed needs DeepSpeed installed; what it hands each process is
-    its environment, given here directly, with the DeepSpeed JSON config it names."""
+@pytest.mark.parametrize("sharded", [False, True], ids=["data-parallel", "deepspeed-zero3"])
+def test_a_generation_task_decodes_in_two_processes(tmp_path, sharded):
+    """Data-parallel, each process decodes a share of the dev inputs and the texts are gathered;
+    with the base sharded (a DeepSpeed ZeRO-3 config), every process decodes them all. accelerate
+    launch --use_deepspeed needs DeepSpeed installed; what it hands each process is its environment,
+    given here directly, with the DeepSpeed JSON config it names."""
     from test_generation_task import _config
 
     config = _config(tmp_path, "llama", "prompt_tuning")
@@ -229,8 +232,9 @@ def test_a_deepspeed_zero3_config_shards_the_base_and_decodes_a_generation_task(
     ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 3}}))
     api.train(path, ["output=" + str(tmp_path / "runs" / "one")], progress=False, log=lambda s: None)
     out = launch(path, "two", "output=" + str(tmp_path / "runs" / "two"),
-                 env={"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(ds)})
-    assert out.count("DeepSpeed ZeRO-3: the frozen base's blocks are sharded over 2 processes") == 1
+                 env={"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(ds)} if sharded else {})
+    assert out.count("DeepSpeed ZeRO-3: the frozen base's blocks are sharded over 2 processes") == int(sharded)
+    assert json.loads((tmp_path / "runs" / "two" / "metrics.json").read_text())["dev"]["n"] == 3  # 3 distinct inputs
     assert_same_prompt(tmp_path / "runs" / "one", tmp_path / "runs" / "two", 20)
 
 

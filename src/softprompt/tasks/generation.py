@@ -129,8 +129,12 @@ class GenerationTask(nn.Module):
         return generate_texts(pm, {unit.key: unit}, [Prepared(unit.key, GenItem([], p, [])) for p in prefixes],
                               batch_size)
 
-    def evaluate(self, pm, unit, prepared, examples, batch_size: int = 16, padding_side: str = "left") -> dict:
-        """BLEU and ROUGE-L of greedy outputs; inputs that repeat are scored once against all their references."""
+    def evaluate(self, pm, unit, prepared, examples, batch_size: int = 16, padding_side: str = "left",
+                 spread=None) -> dict:
+        """BLEU and ROUGE-L of greedy outputs; inputs that repeat are scored once against all their references.
+
+        spread: data-parallel processes (training.distributed.Processes) that decode a share of the
+        inputs each and gather the outputs (None: this process decodes them all)."""
         import sacrebleu
         from rouge_score import rouge_scorer
 
@@ -141,7 +145,10 @@ class GenerationTask(nn.Module):
             groups.setdefault(key, []).append(e.label or "")
             prefix_of[key] = p.item.prefix
         keys = list(groups)
-        outputs = self.generate(pm, unit, [prefix_of[k] for k in keys], batch_size)
+        if spread is not None and spread.active:
+            outputs = spread.gather_texts(self.generate(pm, unit, [prefix_of[k] for k in spread.shard(keys)], batch_size))
+        else:
+            outputs = self.generate(pm, unit, [prefix_of[k] for k in keys], batch_size)
         refs = [groups[k] for k in keys]
         most = max(len(r) for r in refs)
         # Repeating a reference changes neither clipped n-gram counts nor the closest reference length.

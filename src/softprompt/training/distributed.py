@@ -133,6 +133,14 @@ class Processes:
                 offset += n
         return out  # type: ignore[return-value]
 
+    def gather_texts(self, mine: Sequence[str]) -> list[str]:
+        """The strings of every process's shard, back in the order the unsharded list had (UTF-8
+        bytes through gather_tensors, no pickling)."""
+        if not self.active:
+            return list(mine)
+        encoded = [torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8) for text in mine]
+        return [bytes(t.to(torch.uint8).tolist()).decode("utf-8") for t in self.gather_tensors(encoded)]
+
     def broadcast_texts(self, texts: list[str] | None) -> list[str]:
         """The main process's strings on every process (UTF-8 bytes in a tensor, no pickling)."""
         if not self.active:

@@ -187,9 +187,12 @@ class TrainResult:
 
 def evaluate_items(pm, unit, items, examples, batch_size, padding_side) -> dict:
     """A task's metrics on labelled items; data-parallel processes score a share each and gather."""
-    if hasattr(unit.task, "evaluate"):  # generation: decode, then score the text (every process: whole split)
-        return unit.task.evaluate(pm, unit, items, examples, batch_size, padding_side)
     procs = processes()
+    if hasattr(unit.task, "evaluate"):  # generation: decode (a share each), then score the text
+        # A sharded base decodes the whole split on every process: the engine's passes follow the
+        # inputs' lengths, and each pass must be every process's.
+        return unit.task.evaluate(pm, unit, items, examples, batch_size, padding_side,
+                                  spread=procs if procs.sharding is None else None)
     mine = procs.shard(items)
     if procs.sharding is not None and items:  # as many passes on every process: pad with copies, dropped after
         mine = mine + [items[0]] * (-(-len(items) // procs.world) - len(mine))
