@@ -134,3 +134,39 @@ def test_cuda_engine_scores_and_compiled_prompts_equal_the_uncached_path(family)
             hidden = pm.encode(full, {"p": prompt})
             logits = pm.lm_logits(hidden[0, len(row) - 1: len(row) + 2]).float().cpu()
         torch.testing.assert_close(result.logits, logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["on-gpu", "offloaded"])
+def test_a_sharded_base_on_cuda_gives_the_whole_models_logits_and_gradients(tmp_path, offload):
+    """shard_base's CUDA path in a one-process NCCL group: the blocks sharded (FSDP2) on the GPU or
+    offloaded to CPU memory, the rest moved whole to the GPU; logits and the prompt's gradient equal
+    those of the unsharded model. (Several processes are tests/test_distributed.py's, on gloo.)"""
+    import os
+
+    import torch.distributed as dist
+
+    from softprompt.models import load_base
+    from softprompt.training.distributed import Processes, Sharding, shard_base
+    from tiny import save_tiny
+
+    save_tiny("llama", tmp_path / "tiny-llama")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29561")
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    try:
+        whole = load_base(str(tmp_path / "tiny-llama"), device="cuda", reuse=False)
+        sharded = load_base(str(tmp_path / "tiny-llama"), device="cpu", reuse=False)
+        shard_base(sharded.model, Processes(0, 1, torch.device("cuda", 0), Sharding("FSDP", offload=offload)))
+        assert sharded.device.type == "cuda"
+
+        def run(base):
+            prompt = torch.nn.Parameter(torch.full((1, 3, base.info.hidden_size), 0.01, device="cuda"))
+            embeds = torch.cat([prompt, base.model.get_input_embeddings()(torch.tensor([[5, 6, 7]], device="cuda"))], 1)
+            logits = base.model(inputs_embeds=embeds).logits
+            logits.float().logsumexp(-1).sum().backward()
+            return logits.detach(), prompt.grad
+
+        (a, grad_a), (b, grad_b) = run(whole), run(sharded)
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+        torch.testing.assert_close(grad_b, grad_a, atol=1e-5, rtol=0)
+    finally:
+        dist.destroy_process_group()
