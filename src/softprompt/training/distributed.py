@@ -229,8 +229,9 @@ def _fsdp_sharding() -> Sharding | None:
     from accelerate.utils import FullyShardedDataParallelPlugin
 
     try:
-        # Each process reads the checkpoint itself, so FSDP1's sync_module_states and CPU-RAM-efficient
-        # loading (a broadcast from the main process; parsing it looks for an accelerator) do not apply.
+        # softprompt always does what FSDP1's sync_module_states and CPU-RAM-efficient loading ask (the
+        # main process reads the weights, the others receive them: run._load_sharded), so they are not
+        # parsed (parsing them looks for an accelerator, which a CPU run has none of).
         version1 = os.environ.get("FSDP_VERSION", "1").strip() == "1"
         plugin = FullyShardedDataParallelPlugin(**({"sync_module_states": False, "cpu_ram_efficient_loading": False}
                                                    if version1 else {}))
