@@ -9,8 +9,8 @@ the README budget's template and text init; TREC with its 300-question dev set a
 It appends one JSON line per run to --out: dev accuracy (SST-2 dev, TREC dev), TREC test accuracy,
 train seconds.
 
-    OMP_NUM_THREADS=1 python bench/multitask_smollm2.py --seed 0 --out bench/results/multitask_smollm2.jsonl
-    python bench/multitask_smollm2.py --report bench/results/multitask_smollm2.jsonl
+    OMP_NUM_THREADS=1 python bench/multitask_smollm2.py --seed 0 --out bench/results/multitask_smollm2.ndjson
+    python bench/multitask_smollm2.py --report bench/results/multitask_smollm2.ndjson
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("runs/multitask"))
-    p.add_argument("--out", type=Path, default=Path("bench/results/multitask_smollm2.jsonl"))
+    p.add_argument("--out", type=Path, default=Path("bench/results/multitask_smollm2.ndjson"))
     p.add_argument("--only", choices=("alone", "together"), default=None)
     p.add_argument("--report", type=Path, default=None, help="print the table of a results file and stop")
     a = p.parse_args()
