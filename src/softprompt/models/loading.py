@@ -236,11 +236,10 @@ def skeleton_base(name_or_path: str, *, model_class: str, fingerprint: str, weig
     path, display = resolve_path(name_or_path)
     # Config and tokenizer only (small): from the Hub when reachable, as on another machine of the run
     # the loading process's download is not in this machine's cache.
-    local = {"local_files_only": True} if not Path(path).exists() and (hub_offline() or not hub_reachable()) else {}
+    local = _hub_options(path)
     config = AutoConfig.from_pretrained(path, **local)
-    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     with torch.device("meta"):
-        model = getattr(transformers, model_class)._from_config(config, dtype=torch_dtype or torch.float32)
+        model = getattr(transformers, model_class)._from_config(config, dtype=_torch_dtype(dtype) or torch.float32)
     freeze(model)
     tokenizer = AutoTokenizer.from_pretrained(path, **local)
     _with_pad_token(tokenizer)
@@ -249,6 +248,17 @@ def skeleton_base(name_or_path: str, *, model_class: str, fingerprint: str, weig
 
 
 _LOADED: dict[tuple, BaseModel] = {}
+
+
+def _torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    """model.dtype as from_pretrained takes it: a torch dtype for a name ("bfloat16"), "auto" or None as is."""
+    return getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+
+
+def _hub_options(path: str) -> dict:
+    """from_pretrained's options for path: a Hub id that cannot be downloaded now (HF_HUB_OFFLINE, or the
+    Hub unreachable) is read from the Hugging Face cache only."""
+    return {"local_files_only": True} if not Path(path).exists() and (hub_offline() or not hub_reachable()) else {}
 
 
 def hub_offline() -> bool:
@@ -308,17 +318,16 @@ def load_base(
     started = time.perf_counter()
     path, display = resolve_path(name_or_path)
     from_hub = not Path(path).exists()
-    local_only = from_hub and (hub_offline() or not hub_reachable())
-    hub = {"local_files_only": True} if local_only else {}
+    hub = _hub_options(path)
     try:
         config = AutoConfig.from_pretrained(path, **hub)
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if from_hub:
-            raise _not_found(name_or_path, local_only, reason) from None
+            raise _not_found(name_or_path, bool(hub), reason) from None
         raise ModelError(f"cannot load model {name_or_path!r}: {reason}") from None
     model_kind = ModelKind(kind) if kind else kind_of(config)
-    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    torch_dtype = _torch_dtype(dtype)
     auto_class = getattr(transformers, _AUTO_CLASSES[model_kind])
     placement = {"device_map": device_map} if device_map is not None else {}
     try:

@@ -166,8 +166,9 @@ def _logits_in_fixed_batches(pm: PromptedModel, units: Mapping[str, TaskPrompt],
     passes are batches of batch_size items in length order (as many on every process that scores as
     many items), not the engine's scheduling."""
     out: list[torch.Tensor | None] = [None] * len(prepared)
-    for start in range(0, len(order), max(1, batch_size)):
-        chunk = order[start : start + max(1, batch_size)]
+    size = max(1, batch_size)
+    for start in range(0, len(order), size):
+        chunk = order[start : start + size]
         for i, logits in zip(chunk, class_logits(pm, units, [prepared[i] for i in chunk], padding_side)):
             out[i] = logits
         if progress is not None:

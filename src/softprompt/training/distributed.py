@@ -250,13 +250,12 @@ def _fsdp_sharding() -> Sharding | None:
 
         reshard = bool(plugin.reshard_after_forward)
         offload = isinstance(plugin.cpu_offload, CPUOffloadPolicy)
-    policy = os.environ.get("FSDP_AUTO_WRAP_POLICY", "").upper()
-    size_based = policy == "SIZE_BASED_WRAP"
-    return Sharding(source="FSDP", reshard_after_forward=reshard, offload=offload,
-                    block_names=tuple(n.strip() for n in (plugin.transformer_cls_names_to_wrap or []) if n.strip())
-                    if not size_based else (),
-                    min_params=int(plugin.min_num_params or 0) or None if size_based else None,
-                    hybrid=hybrid, checkpointing=bool(plugin.activation_checkpointing))
+    if os.environ.get("FSDP_AUTO_WRAP_POLICY", "").upper() == "SIZE_BASED_WRAP":
+        blocks = {"min_params": int(plugin.min_num_params or 0) or None}
+    else:  # TRANSFORMER_BASED_WRAP, and NO_WRAP too: the root alone cannot be sharded here
+        blocks = {"block_names": tuple(n.strip() for n in plugin.transformer_cls_names_to_wrap or [] if n.strip())}
+    return Sharding(source="FSDP", reshard_after_forward=reshard, offload=offload, hybrid=hybrid,
+                    checkpointing=bool(plugin.activation_checkpointing), **blocks)
 
 
 def _deepspeed_sharding() -> Sharding | None:

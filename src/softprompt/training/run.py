@@ -194,10 +194,11 @@ def evaluate_items(pm, unit, items, examples, batch_size, padding_side) -> dict:
         return unit.task.evaluate(pm, unit, items, examples, batch_size, padding_side,
                                   spread=procs if procs.sharding is None else None)
     mine = procs.shard(items)
+    n_mine = len(mine)
     if procs.sharding is not None and items:  # as many passes on every process: pad with copies, dropped after
-        mine = mine + [items[0]] * (-(-len(items) // procs.world) - len(mine))
+        mine += [items[0]] * (-(-len(items) // procs.world) - n_mine)
     outputs = predict_logits(pm, {unit.key: unit}, mine, batch_size, padding_side, progress=procs.main)
-    outputs = procs.gather_tensors(outputs[: len(procs.shard(items))])
+    outputs = procs.gather_tensors(outputs[:n_mine])
     return unit.task.metrics(outputs, [p.item for p in items], examples)
 
 
