@@ -346,14 +346,14 @@ def part_gpu(a) -> dict:
 
 
 def where_time_goes(engine, run) -> dict:
-    """One more run of ours, timed pass by pass (the engine's on_pass hook), and the captured decoding
+    """One more run of ours, timed pass by pass (an engine "pass" hook), and the captured decoding
     step replayed alone: how much of a step is the GPU's and how much the host's."""
     stamps = []
-    engine.on_pass = lambda kind, rows, tokens: stamps.append((kind, time.perf_counter()))
+    remove = engine.add_hook("pass", lambda kind, rows, tokens: stamps.append((kind, time.perf_counter())))
     start = time.perf_counter()
     run()
     end = time.perf_counter()
-    engine.on_pass = None
+    remove()
     decodes = [t for kind, t in stamps if kind == "decode"]
     out = {"total": 1000 * (end - start), "to_first_step": 1000 * (decodes[0] - start),
            "per_step": 1000 * (decodes[-1] - decodes[0]) / max(1, len(decodes) - 1), "steps": len(decodes)}

@@ -291,7 +291,7 @@ def test_stop_strings_stop_tokens_and_streaming():
 def test_rows_join_between_steps_and_leave_when_they_finish():
     engine, rows = _gen_engine(max_running=8)
     passes = []
-    engine.on_pass = lambda kind, n, tokens: passes.append((kind, n))
+    engine.add_hook("pass", lambda kind, n, tokens: passes.append((kind, n)))
     long_params = SamplingParams(max_new_tokens=30, ignore_eos=True)
     with engine:
         alone = engine.submit_generate("p", rows[0], long_params).result().token_ids
@@ -319,7 +319,7 @@ def test_cancel_frees_the_rows_and_a_full_queue_is_refused():
         result = handle.result(timeout=60)
         assert result.finish_reason == "cancelled" and len(result.token_ids) < 500
         blocker = threading.Event()
-        engine.on_pass = lambda *a: blocker.wait(10)  # hold the worker so requests pile up
+        engine.add_hook("pass", lambda *a: blocker.wait(10))  # hold the worker so requests pile up
         waiting = []
         with pytest.raises(EngineBusy, match="queue is full"):
             for _ in range(10):

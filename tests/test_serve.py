@@ -146,7 +146,7 @@ def test_two_hundred_concurrent_requests_get_their_answers_alone(live):
     params = SamplingParams(max_new_tokens=8)
     expected = {(n, t): _alone(registry, n, t, params) for n, t in set(requests)}
     passes = []
-    registry.engine.on_pass, hook = (lambda kind, rows, tokens: passes.append((kind, rows))), registry.engine.on_pass
+    remove = registry.engine.add_hook("pass", lambda kind, rows, tokens: passes.append((kind, rows)))
 
     def call(name, text):
         with httpx.Client(timeout=120) as client:
@@ -161,7 +161,7 @@ def test_two_hundred_concurrent_requests_get_their_answers_alone(live):
         with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
             answers = list(pool.map(lambda r: call(*r), requests))
     finally:
-        registry.engine.on_pass = hook
+        remove()
     for (name, text), answer in zip(requests, answers):
         want = expected[(name, text)]
         if isinstance(want, dict):
@@ -178,7 +178,7 @@ def test_a_full_queue_answers_429_with_retry_after(prompt_files):
     registry = _registry(base, files, ["sent-pt", "gen-pt"], max_queue=2)
     gate = threading.Event()
     with LiveServer(create_app(registry, ServeSettings())) as server:
-        registry.engine.on_pass = lambda *a: gate.wait(30)  # hold the worker: requests pile up
+        remove = registry.engine.add_hook("pass", lambda *a: gate.wait(30))  # hold the worker: requests pile up
         body = {"model": "gen-pt", "prompt": "great", "max_tokens": 2, "temperature": 0}
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
             futures = [pool.submit(httpx.post, f"{server.url}/v1/completions", json=body, timeout=60) for _ in range(8)]
@@ -189,7 +189,7 @@ def test_a_full_queue_answers_429_with_retry_after(prompt_files):
         assert refused and set(statuses) <= {200, 429}
         assert refused[0].headers["retry-after"] == "1"
         assert refused[0].json()["error"]["type"] == "rate_limit_error"
-        registry.engine.on_pass = None
+        remove()
         assert httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).status_code == 200
 
 
@@ -243,8 +243,7 @@ def test_hot_loading_keeps_in_flight_requests_and_a_disconnect_frees_the_rows(li
     assert text == expected
     httpx.post(f"{url}/admin/prompts", json={"name": "gen-prefix", "path": str(live.files["gen-prefix"])},
                headers=auth, timeout=30)
-    hook = registry.engine.on_pass
-    registry.engine.on_pass = lambda *a: time.sleep(0.05)  # 64 steps now take over 3 s
+    remove = registry.engine.add_hook("pass", lambda *a: time.sleep(0.05))  # 64 steps now take over 3 s
     try:
         with httpx.Client(timeout=60) as client:
             with client.stream("POST", f"{url}/v1/completions",
@@ -257,7 +256,7 @@ def test_hot_loading_keeps_in_flight_requests_and_a_disconnect_frees_the_rows(li
             time.sleep(0.02)
         assert registry.engine.running() == 0 and time.monotonic() - closed < 2.5
     finally:
-        registry.engine.on_pass = hook
+        remove()
 
 
 def test_health_metrics_and_prompt_list(live):

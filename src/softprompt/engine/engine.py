@@ -17,6 +17,7 @@ given by the caller.
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -250,12 +251,29 @@ class Engine:
         self._closing = False
         self._thread: threading.Thread | None = None
         self.stats = {"passes": 0, "steps": 0, "rows": 0, "tokens": 0, "generated": 0}
-        self.on_pass: Callable[[str, int, int], None] | None = None  # (kind, rows, tokens) after each pass
-        self.on_admit: Callable[[str, float], None] | None = None  # (kind, seconds waited) as a request starts
+        # registered with add_hook, never overwritten: several observers (metrics, logs, tests) can listen
+        self._hooks: dict[str, list[Callable]] = {"pass": [], "admit": []}
         kind = self.pm.info.kind
         self._slot_path = kind is ModelKind.CAUSAL and self.pm.info.position_ids == "absolute" and can_compile(self.pm)
         limit = getattr(self.base.model.config, "max_position_embeddings", None)
         self.max_positions = int(limit) if isinstance(limit, int) and limit > 0 else None
+
+    # ---- hooks ----------------------------------------------------------------------------------
+    def add_hook(self, event: str, fn: Callable) -> Callable[[], None]:
+        """Call fn on an event and give back a function that removes it: "pass" (kind, rows, tokens)
+        after each pass, "admit" (kind, seconds waited) as a request starts. A hook that raises is
+        logged and does not fail any request."""
+        if event not in self._hooks:
+            raise ValueError(f"unknown engine event {event!r}; events: {', '.join(self._hooks)}")
+        self._hooks[event].append(fn)
+        return lambda: self._hooks[event].remove(fn) if fn in self._hooks[event] else None
+
+    def _call_hooks(self, event: str, *args) -> None:
+        for fn in list(self._hooks[event]):
+            try:
+                fn(*args)
+            except Exception:  # an observer's bug must not strand or fail requests
+                logging.getLogger("softprompt.engine").exception("engine %s hook %r raised", event, fn)
 
     # ---- prompts --------------------------------------------------------------------------------
     def add_prompt(self, name: str, tensors: PromptTensors | None, task=None, *, fixed_start: Sequence[int] | None = None,
@@ -451,10 +469,10 @@ class Engine:
             chosen.append(request)
             rows, width = rows + n, wide
             room -= beams
-        if self.on_admit is not None:
+        if self._hooks["admit"]:
             now = time.monotonic()
             for request in chosen + cohort:
-                self.on_admit("generate" if request.params is not None else "score", now - request.submitted)
+                self._call_hooks("admit", "generate" if request.params is not None else "score", now - request.submitted)
         kept.extend(self._waiting)
         self._waiting = kept
         return chosen, cohort
@@ -494,8 +512,7 @@ class Engine:
         self.stats["passes"] += 1
         self.stats["rows"] += len(rows)
         self.stats["tokens"] += int(batch.attention_mask.sum())
-        if self.on_pass is not None:
-            self.on_pass("prefill", len(rows), int(batch.input_ids.numel()))
+        self._call_hooks("pass", "prefill", len(rows), int(batch.input_ids.numel()))
         scoring: dict[str, list[int]] = {}
         for i, request in enumerate(chosen):
             if request.params is None:
@@ -614,8 +631,7 @@ class Engine:
     def _decode(self, store, logits: torch.Tensor) -> None:
         """Advance every row of a store by the step's logits; rows of finished requests leave."""
         self.stats["steps"] += 1
-        if self.on_pass is not None:
-            self.on_pass("decode", len(store.owners), len(store.owners))
+        self._call_hooks("pass", "decode", len(store.owners), len(store.owners))
         rows = list(store.owners)
         self._advance(rows, logits, store)
         done = {row.owner for row in rows if row.owner.finished is not None or row.owner.request.cancelled}

@@ -71,8 +71,8 @@ def create_app(registry: PromptRegistry, settings: ServeSettings | None = None) 
     settings = settings or ServeSettings()
     engine = registry.engine
     metrics = ServerMetrics(registry)
-    engine.on_pass = metrics.on_pass
-    engine.on_admit = metrics.on_admit
+    engine.add_hook("pass", metrics.on_pass)
+    engine.add_hook("admit", metrics.on_admit)
     state = {"draining": False}
 
     @asynccontextmanager
@@ -110,17 +110,15 @@ def create_app(registry: PromptRegistry, settings: ServeSettings | None = None) 
     app.add_middleware(_Observe, metrics=metrics, log=access_log)
 
     # ---- helpers ---------------------------------------------------------------------------------
-    def served_for(request: Request, name: str, kinds: tuple[str, ...], route: str) -> ServedPrompt:
+    def served_for(request: Request, name: str, route: str) -> ServedPrompt:
         try:
             served = registry.get(name)
         except PromptNotFound as exc:
             raise APIError(404, str(exc), "not_found_error", "model", "model_not_found") from None
         request.state.prompt = served.name
-        if served.kind not in kinds:
-            use = {"classification": "/v1/classify", "token_labelling": "/v1/tag",
-                   "generation": "/v1/completions or /v1/chat/completions"}[served.kind]
-            raise APIError(400, f"prompt {name!r} is a {served.kind} prompt; {route} serves {' or '.join(kinds)} "
-                                f"prompts (use {use})", param="model", code="wrong_task_kind")
+        if route not in served.task.routes:
+            raise APIError(400, f"prompt {name!r} is a {served.kind} prompt, which {route} does not serve "
+                                f"(use {' or '.join(served.task.routes)})", param="model", code="wrong_task_kind")
         return served
 
     def user_error(exc: SoftpromptError) -> APIError:
@@ -290,7 +288,7 @@ def create_app(registry: PromptRegistry, settings: ServeSettings | None = None) 
     @app.post("/v1/completions", response_model=p.CompletionResponse, responses=STREAMING, tags=["openai"])
     async def completions(body: p.CompletionRequest, request: Request):
         """Text after a prompt: `prompt` fills the named prompt's template."""
-        served = served_for(request, body.model, ("generation",), "/v1/completions")
+        served = served_for(request, body.model, "/v1/completions")
         texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         if not texts:
             raise APIError(400, "prompt must not be an empty list", param="prompt")
@@ -301,7 +299,7 @@ def create_app(registry: PromptRegistry, settings: ServeSettings | None = None) 
     async def chat_completions(body: p.ChatCompletionRequest, request: Request):
         """The assistant's reply. The base model takes the whole conversation in its chat template; a
         task prompt takes the last user message as its input (`{text}` of its template)."""
-        served = served_for(request, body.model, ("generation",), "/v1/chat/completions")
+        served = served_for(request, body.model, "/v1/chat/completions")
         text = _chat_text(served, body.messages)
         limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         return await generate(request, served, [text], body, sampling(body, limit), chat=True)
@@ -315,7 +313,7 @@ def create_app(registry: PromptRegistry, settings: ServeSettings | None = None) 
     @app.post("/v1/classify", response_model=p.ClassifyResponse, responses=ERRORS, tags=["native"])
     async def classify(body: p.ClassifyRequest, request: Request):
         """The label of each text (or text pair) and every label's probability."""
-        served = served_for(request, body.model, ("classification",), "/v1/classify")
+        served = served_for(request, body.model, "/v1/classify")
         inputs = body.input if isinstance(body.input, list) else [body.input]
         if not inputs or len(inputs) > settings.max_inputs:
             raise APIError(400, f"input takes 1 to {settings.max_inputs} texts", param="input")
@@ -338,7 +336,7 @@ def create_app(registry: PromptRegistry, settings: ServeSettings | None = None) 
     @app.post("/v1/tag", response_model=p.TagResponse, responses=ERRORS, tags=["native"])
     async def tag(body: p.TagRequest, request: Request):
         """A tag for every word of each sentence (split on white space, or given as tokens)."""
-        served = served_for(request, body.model, ("token_labelling",), "/v1/tag")
+        served = served_for(request, body.model, "/v1/tag")
         if isinstance(body.input, str):
             sentences = [body.input.split()]
         else:

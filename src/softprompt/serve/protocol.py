@@ -154,6 +154,7 @@ class PromptInfo(BaseModel):
     name: str
     method: str
     kind: str
+    view: str = "text"  # how a result is shown: "label" (with probabilities), "tags" (one per word) or "text"
     labels: list[str]
     parameters: int
     bytes: int | None

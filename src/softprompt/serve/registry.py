@@ -70,7 +70,7 @@ class ServedPrompt:
         return getattr(template, "source", None) if template is not None else None
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "method": self.method, "kind": self.kind, "labels": self.labels,
+        return {"name": self.name, "method": self.method, "kind": self.kind, "view": self.task.view, "labels": self.labels,
                 "parameters": self.parameters, "bytes": self.bytes, "metrics": self.metrics, "source": self.source,
                 "template": self.template}
 

@@ -131,6 +131,8 @@ class ClassificationTask(nn.Module):
     """Turns examples into rows and hidden states into class logits."""
 
     kind = "classification"
+    routes = ("/v1/classify",)  # the HTTP routes that serve it
+    view = "label"  # how the server's page shows a result: a label with its probabilities
 
     def __init__(self, config: ClassificationConfig, base, labels: Sequence[str], n_prefix: int = 0,
                  demonstrations: Sequence = ()):

@@ -47,6 +47,8 @@ class GenerationTask(nn.Module):
     """Turns (input, target) pairs into rows and scores targets; generates at evaluation."""
 
     kind = "generation"
+    routes = ("/v1/completions", "/v1/chat/completions")  # the HTTP routes that serve it
+    view = "text"  # how the server's page shows a result: the generated text
     metric_names = ("bleu", "rougeL")
 
     def __init__(self, config: GenerationConfig, base, labels: Sequence[str] = (), n_prefix: int = 0):

@@ -40,6 +40,8 @@ class TokenLabellingTask(nn.Module):
     """Turns sentences into rows and hidden states into per-word tag logits."""
 
     kind = "token_labelling"
+    routes = ("/v1/tag",)  # the HTTP routes that serve it
+    view = "tags"  # how the server's page shows a result: a tag per word
     metric_names = ("f1", "precision", "recall", "accuracy")
 
     def __init__(self, config: TokenLabellingConfig, base, labels: Sequence[str], n_prefix: int = 0):
