@@ -402,7 +402,7 @@ def test_overrides(fuzz):
 
 
 CONFIG_CLASSES = [RunConfig, ModelConfig, DataConfig, TrainingConfig,
-                  *(cls.Config for cls in METHODS.values()), *(cfg for cfg, _ in TASK_KINDS.values())]
+                  *(cls.Config for cls in METHODS.values()), *(cls.Config for cls in TASK_KINDS.values())]
 
 
 def test_config_classes(fuzz):

@@ -5,19 +5,19 @@ The CLI is a thin shell over these; everything a command does, a function here d
 
 from __future__ import annotations
 
+import atexit
 import json
+import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .core import PromptedModel
+from .engine import Engine, EnginePrompt, GenerationResult
 from .errors import ConfigError, DataError
 from .models import EMBEDDED, BaseModel, embedded_status
-from .tasks.conll import TokenExample
+from .tasks.kinds import Prediction
 from .tasks.readers import Example
-from .engine import Engine, GenerationResult, SamplingParams
 from .tasks.runner import Prepared, generate_texts, predict_logits, register_units
 from .training.run import (  # noqa: F401  (the API's names for the run-level functions)
     TASK_KINDS,
@@ -33,7 +33,6 @@ from .training.run import (  # noqa: F401  (the API's names for the run-level fu
     prepare,
     read_split,
     resolve_device,
-    task_kind,
     train,
 )
 
@@ -54,17 +53,6 @@ def evaluate(artifact: str | Path | LoadedPrompt, data_path: str | Path, *, form
     return evaluate_items(pm, loaded.unit, items, examples, batch_size, "left")
 
 
-@dataclass
-class Prediction:
-    """A predicted label with the probability of every label (token labelling: a tag per word)."""
-
-    label: str
-    probabilities: dict[str, float]
-    text: str = ""
-    source: str = ""
-    tags: list[str] | None = None
-
-
 def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example], *, batch_size: int = 32,
             allow_model_mismatch: bool = False, base: BaseModel | None = None,
             calibrate: bool | None = None) -> list[Prediction]:
@@ -75,52 +63,26 @@ def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example]
         artifact, base, allow_model_mismatch=allow_model_mismatch, calibrate=calibrate
     )
     key = loaded.unit.key
-    examples = [_unlabelled(loaded.unit.task.kind, value, f"input {i + 1}") for i, value in enumerate(inputs)]
+    examples = [loaded.unit.task.unlabelled(value, f"input {i + 1}") for i, value in enumerate(inputs)]
     return _predictions({key: loaded}, [key] * len(examples), examples, batch_size)
-
-
-def _unlabelled(kind: str, value, source: str):
-    """An input as an unlabelled Example (TokenExample for token labelling); DataError when empty."""
-    if kind == "token_labelling":
-        if isinstance(value, TokenExample):
-            return TokenExample(value.tokens, None, value.source or source)
-        text = value.text if isinstance(value, Example) else str(value)
-        if not text.split():
-            raise DataError(f"{source}: empty text")
-        return TokenExample(tuple(text.split()), None, source)
-    example = value if isinstance(value, Example) else Example(text=str(value), source=source)
-    if not example.text.strip():
-        raise DataError(f"{example.source or source}: empty text")
-    return Example(example.text, example.text_b, None, example.source or source, example.fields)
 
 
 def _predictions(prompts: Mapping[str, LoadedPrompt], names: Sequence[str], examples: Sequence,
                  batch_size: int) -> list[Prediction]:
     """Predictions for examples that each name their prompt, in shared batches over one base model:
-    generation rows decoded together, classification and token-labelling rows scored together."""
+    rows of kinds that decode (generation) decoded together, the others scored together; each
+    output made a Prediction by its own task."""
     units = {name: p.unit for name, p in prompts.items()}
     prepared = [Prepared(name, units[name].task.prepare(e)) for name, e in zip(names, examples)]
     pm = PromptedModel(next(iter(prompts.values())).base)
-    kinds = [units[name].task.kind for name in names]
-    out: list[Prediction | None] = [None] * len(examples)
-    generated = [i for i, kind in enumerate(kinds) if kind == "generation"]
-    if generated:
-        texts = generate_texts(pm, units, [prepared[i] for i in generated], batch_size)
-        for i, text in zip(generated, texts):
-            out[i] = Prediction(text, {}, examples[i].text, examples[i].source)
-    scored = [i for i, kind in enumerate(kinds) if kind != "generation"]
+    decoded = [i for i, name in enumerate(names) if units[name].task.decodes]
+    scored = [i for i, name in enumerate(names) if not units[name].task.decodes]
+    texts = generate_texts(pm, units, [prepared[i] for i in decoded], batch_size) if decoded else []
     logits = predict_logits(pm, units, [prepared[i] for i in scored], batch_size,
                             progress=len(scored) > batch_size) if scored else []
-    for i, value in zip(scored, logits):
-        name, example = names[i], examples[i]
-        if kinds[i] == "token_labelling":
-            tags = units[name].task.decode(value, prepared[i].item)
-            out[i] = Prediction(" ".join(tags), {}, " ".join(example.tokens), example.source, tags)
-            continue
-        labels = prompts[name].labels
-        probs = torch.softmax(value, -1).tolist()
-        best = max(range(len(probs)), key=probs.__getitem__)
-        out[i] = Prediction(labels[best], dict(zip(labels, probs)), example.text, example.source)
+    out: list[Prediction | None] = [None] * len(examples)
+    for i, output in zip(decoded + scored, [*texts, *logits]):
+        out[i] = units[names[i]].task.prediction(output, prepared[i].item, examples[i])
     return out
 
 
@@ -139,7 +101,7 @@ def predict_mixed(prompts: Mapping[str, LoadedPrompt], requests: Sequence[tuple[
     for i, (name, value) in enumerate(requests):
         if name not in prompts:
             raise DataError(f"request {i + 1}: unknown task {name!r} (tasks: {', '.join(prompts)})")
-        examples.append(_unlabelled(prompts[name].unit.task.kind, value, f"request {i + 1}"))
+        examples.append(prompts[name].unit.task.unlabelled(value, f"request {i + 1}"))
     return _predictions(prompts, [name for name, _ in requests], examples, batch_size)
 
 
@@ -170,52 +132,96 @@ def predict_file(artifact: str | Path | LoadedPrompt, in_path: str | Path, out_p
 def _generation_prompt(artifact, base, allow_model_mismatch) -> LoadedPrompt:
     loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(
         artifact, base, allow_model_mismatch=allow_model_mismatch)
-    if loaded.unit.task.kind != "generation":
+    if not loaded.unit.task.decodes:
         raise ConfigError(f"{loaded.artifact.path or 'the prompt'} is a {loaded.unit.task.kind} prompt; generate and "
-                          "stream take generation prompts (use predict)")
+                          "stream take prompts of a task that generates (use predict)")
     return loaded
 
 
-def _sampling(task, options: Mapping) -> SamplingParams:
-    options = dict(options)
-    options.setdefault("max_new_tokens", task.config.max_new_tokens)
-    options.setdefault("num_beams", task.config.num_beams)
-    options.setdefault("length_penalty", task.config.length_penalty)
-    return SamplingParams(**options)
+class _BaseEngine:
+    """The engine the API keeps for one base model, and the prompts registered with it: each under a
+    key of its own loaded unit, registered again when the unit's artifact tensors change."""
+
+    def __init__(self, base: BaseModel):
+        self.engine = Engine(base)  # the defaults: 32 rows a pass, 64 generations running
+        self.entries: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # unit -> (tensors, entry)
+        self.lock = threading.Lock()
+
+    def entry(self, loaded: LoadedPrompt) -> EnginePrompt:
+        unit = loaded.unit
+        with self.lock:
+            known = self.entries.get(unit)
+            if known is not None and known[0] is loaded.artifact.tensors:
+                return known[1]
+            key = f"api:{id(unit)}"
+            entry = register_units(self.engine, {key: unit})[key]
+            if known is None:  # a unit dropped by its caller leaves the engine too
+                weakref.finalize(unit, self.engine.remove_prompt, key)
+            self.entries[unit] = (loaded.artifact.tensors, entry)
+            return entry
+
+
+_ENGINES: dict[int, _BaseEngine] = {}  # by id(base); the engine holds its base, so the id stays its own
+_ENGINES_LOCK = threading.Lock()
+
+
+def engine_of(base: BaseModel) -> Engine:
+    """The long-lived engine the API decodes with on a base model: made at the first generate or
+    stream on it and kept, with its compiled prompts, until close_engines (or the interpreter's exit)."""
+    return _base_engine(base).engine
+
+
+def _base_engine(base: BaseModel) -> _BaseEngine:
+    with _ENGINES_LOCK:
+        held = _ENGINES.get(id(base))
+        if held is None:
+            held = _ENGINES[id(base)] = _BaseEngine(base)
+        return held
+
+
+def close_engines(wait: bool = True) -> None:
+    """Close the API's engines (with wait, requests in flight finish first), releasing their base models."""
+    with _ENGINES_LOCK:
+        held = list(_ENGINES.values())
+        _ENGINES.clear()
+    for h in held:
+        h.engine.close(wait=wait)
+
+
+atexit.register(close_engines, wait=False)  # at exit nobody waits for a result: stop, do not drain
 
 
 def generate(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example], *, base: BaseModel | None = None,
              allow_model_mismatch: bool = False, **sampling) -> list[GenerationResult]:
-    """Generated text for each input of a generation prompt, decoded together by the engine.
+    """Generated text for each input of a generation prompt, decoded together by the base model's
+    engine (engine_of).
 
     sampling: SamplingParams fields (max_new_tokens, temperature, top_k, top_p, repetition_penalty,
     seed, num_beams, length_penalty, stop, stop_token_ids, ignore_eos, return_logits); the task's own
     max_new_tokens and beam settings by default, greedy unless temperature > 0."""
     loaded = _generation_prompt(artifact, base, allow_model_mismatch)
-    unit = loaded.unit
-    params = _sampling(unit.task, sampling)
-    examples = [_unlabelled("generation", value, f"input {i + 1}") for i, value in enumerate(inputs)]
-    rows = [unit.task.prepare(e).prefix for e in examples]
-    with Engine(loaded.base, max_batch_rows=32, max_running=64) as engine:
-        entry = register_units(engine, {unit.key: unit})[unit.key]
-        handles = engine.submit_generates([(entry, row, params) for row in rows])
-        return [handle.result() for handle in handles]
+    task = loaded.unit.task
+    params = task.sampling(**sampling)
+    rows = [task.prepare(task.unlabelled(value, f"input {i + 1}")).prefix for i, value in enumerate(inputs)]
+    held = _base_engine(loaded.base)
+    entry = held.entry(loaded)
+    handles = held.engine.submit_generates([(entry, row, params) for row in rows])
+    return [handle.result() for handle in handles]
 
 
 def stream(artifact: str | Path | LoadedPrompt, text: str | Example, *, base: BaseModel | None = None,
            allow_model_mismatch: bool = False, **sampling) -> Iterator[str]:
     """The generated text of one input, piece by piece as it is decoded (joined: what generate gives)."""
     loaded = _generation_prompt(artifact, base, allow_model_mismatch)
-    unit = loaded.unit
-    params = _sampling(unit.task, sampling)
-    row = unit.task.prepare(_unlabelled("generation", text, "input")).prefix
-    with Engine(loaded.base) as engine:
-        entry = register_units(engine, {unit.key: unit})[unit.key]
-        handle = engine.submit_generate(entry, row, params, stream=True)
-        try:
-            yield from handle
-        finally:
-            handle.cancel()
+    task = loaded.unit.task
+    params = task.sampling(**sampling)
+    row = task.prepare(task.unlabelled(text, "input")).prefix
+    held = _base_engine(loaded.base)
+    handle = held.engine.submit_generate(held.entry(loaded), row, params, stream=True)
+    try:
+        yield from handle
+    finally:
+        handle.cancel()
 
 
 def list_models() -> list[dict[str, str]]:

@@ -387,15 +387,13 @@ def _parse(template: str):
 
 def _task_section(task: Mapping[str, Any] | None, base: BaseModel, n_virtual: int) -> dict:
     """The task as an artifact records it, built once so a bad section fails here, not at load."""
-    from ..configs import to_dict
-    from ..training.run import build_task, task_kind
+    from ..tasks.kinds import build_task, kind_of
 
     section = dict(task) if task is not None else dict(DEFAULT_TASKS[base.info.kind])
-    labels: list[str] = []
-    if task_kind(section) != "generation":
-        labels = [str(label) for label in (section.get("labels") or section.get("verbalizer") or [])]
-        if not labels:
-            raise ConfigError("task.labels or task.verbalizer is needed: a PEFT adapter does not record its classes")
+    kind = kind_of(section)
+    labels = kind.section_labels(section) if kind.labelled else []
+    if kind.labelled and not labels:
+        raise ConfigError("task.labels or task.verbalizer is needed: a PEFT adapter does not record its classes")
     built = build_task(section, base, labels, n_virtual)
     if built.export():
         raise ConfigError("the task has a trained head, which a PEFT adapter does not hold; score the classes "
@@ -403,5 +401,4 @@ def _task_section(task: Mapping[str, Any] | None, base: BaseModel, n_virtual: in
     placed = getattr(getattr(built, "template", None), "num_virtual", 0)
     if placed not in (0, n_virtual):
         raise ConfigError(f"task.template places {placed} virtual tokens, but the adapter has {n_virtual}")
-    return {**to_dict(built.config), "kind": built.kind, "labels": labels,
-            **({"template": str(built.template)} if built.kind == "classification" else {})}
+    return built.artifact_section()

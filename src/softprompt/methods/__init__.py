@@ -1,6 +1,6 @@
 """Prompt methods, one small module each, registered by name."""
 
-from .base import Injection, METHODS, get_method, register_method
+from .base import METHODS, PromptMethod, get_method, register_method
 from .hard_prompt import HardPrompt, HardPromptConfig
 from .prefix_tuning import PrefixTuning, PrefixTuningConfig
 from .prompt_tuning import PromptTuning, PromptTuningConfig
@@ -10,12 +10,12 @@ from .ptuning_v2 import PTuningV2, PTuningV2Config
 __all__ = [
     "HardPrompt",
     "HardPromptConfig",
-    "Injection",
     "METHODS",
     "PTuning",
     "PTuningConfig",
     "PTuningV2",
     "PTuningV2Config",
+    "PromptMethod",
     "PrefixTuning",
     "PrefixTuningConfig",
     "PromptTuning",

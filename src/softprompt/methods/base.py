@@ -1,37 +1,49 @@
 """The method contract and registry.
 
-A method is an nn.Module with a `Config` dataclass, a registered `name` and the set of injections
-it produces. The core asks it only for tensors: `input_prompt()` for an input prompt, and (for
-deep prompts) per-layer key/value prefixes. Reparameterisation stays inside the module; `export()`
-gives the final tensors that an artifact stores, and `from_export` rebuilds a module from them.
+A method is an nn.Module with a `Config` dataclass and a registered `name`. Training builds one with
+`initialise` (from its config, the base model and the task's label words), loading with
+`from_export` (from an artifact's tensors); the core and the engine ask it only for
+`prompt_tensors()` (an input prompt and/or per-layer key/value prefixes). Reparameterisation stays
+inside the module; `export()` gives the final tensors that an artifact stores.
 """
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Sequence
 
 import torch
 
 from ..errors import ConfigError
 
 
-class Injection(str, Enum):
-    """Where a method's prompt enters the frozen model."""
-
-    INPUT = "input"  # virtual-token embeddings in the input sequence
-    DEEP = "deep"  # key/value prefixes in every attention layer
-
-
 class PromptMethod(Protocol):
+    """What training, tasks, the engine, transfer and interop use of a method: nothing else."""
+
     name: ClassVar[str]
+    Config: ClassVar[type]  # the dataclass a config's method section is read into
     default_lrs: ClassVar[dict]  # training.lr when unset: {"any": lr, optionally a model kind: lr}
-    injections: ClassVar[frozenset[Injection]]
+
+    @classmethod
+    def input_positions(cls, config: Any) -> int:
+        """The positions a prompt of this config adds to the input sequence (virtual tokens; deep
+        and hard prompts add none): known before the module exists, since the task lays out its rows
+        with them and the method is initialised from the task's label words."""
+        ...
 
     @property
-    def num_virtual_tokens(self) -> int: ...
+    def num_virtual_tokens(self) -> int:
+        """input_positions of this module's config."""
+        ...
 
-    def input_prompt(self) -> torch.Tensor: ...
+    @classmethod
+    def initialise(cls, config: Any, base: Any, label_words: Sequence[str] = ()) -> "PromptMethod": ...
+
+    @classmethod
+    def from_export(cls, config: Any, tensors: dict[str, torch.Tensor]) -> "PromptMethod": ...
+
+    def prompt_tensors(self) -> Any:
+        """The prompt as core.PromptTensors (input and/or deep), with gradients in training."""
+        ...
 
     def export(self) -> dict[str, torch.Tensor]: ...
 
@@ -56,5 +68,27 @@ def get_method(name: str) -> type:
 
 def default_lr(method_cls, kind) -> float:
     """The learning rate a method trains with when training.lr is not set, for a model kind."""
-    lrs = getattr(method_cls, "default_lrs", {"any": 3e-2})
+    lrs = method_cls.default_lrs
     return lrs.get(getattr(kind, "value", kind), lrs["any"])
+
+
+class InputPrompt:
+    """input_positions and num_virtual_tokens for methods that write num_virtual_tokens vectors into the input."""
+
+    @classmethod
+    def input_positions(cls, config) -> int:
+        return config.num_virtual_tokens
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.config.num_virtual_tokens
+
+
+class NoInputPrompt:
+    """input_positions and num_virtual_tokens for methods that add nothing to the input (deep and hard prompts)."""
+
+    @classmethod
+    def input_positions(cls, config) -> int:
+        return 0
+
+    num_virtual_tokens: ClassVar[int] = 0

@@ -13,7 +13,7 @@ from typing import ClassVar, Sequence
 from torch import nn
 
 from ..core import PromptTensors
-from .base import register_method
+from .base import NoInputPrompt, register_method
 
 
 @dataclass
@@ -24,12 +24,10 @@ class HardPromptConfig:
 
 
 @register_method
-class HardPrompt(nn.Module):
+class HardPrompt(NoInputPrompt, nn.Module):
     name: ClassVar[str] = "hard_prompt"
     default_lrs: ClassVar[dict] = {"any": 1e-3}  # only a head (encoders) ever trains
     Config: ClassVar[type] = HardPromptConfig
-    injections: ClassVar[frozenset] = frozenset()
-    num_virtual_tokens: ClassVar[int] = 0
 
     def __init__(self, config: HardPromptConfig | None = None):
         super().__init__()

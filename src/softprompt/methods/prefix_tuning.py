@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..core import PromptTensors
-from .base import Injection, register_method
+from .base import NoInputPrompt, register_method
 from ..configs import check_dropout, check_whole
 from .deep_common import DeepInit, validate_deep_config
 from .ptuning_v2 import PTuningV2, initial_prefixes
@@ -41,14 +41,12 @@ class PrefixTuningConfig:
 
 
 @register_method
-class PrefixTuning(nn.Module):
+class PrefixTuning(NoInputPrompt, nn.Module):
     """prefix[stack] = start[stack] + MLP_stack(embedding), reshaped to (layers, 2, kv_heads, P, head_dim)."""
 
     name: ClassVar[str] = "prefix_tuning"
     default_lrs: ClassVar[dict] = {"any": 3e-3}  # training.lr when unset, by model kind (SST-2/smollm2, bench/results/prefix_tuning_sst2.json)
     Config: ClassVar[type] = PrefixTuningConfig
-    injections: ClassVar[frozenset] = frozenset({Injection.DEEP})
-    num_virtual_tokens: ClassVar[int] = 0
 
     def __init__(self, config: PrefixTuningConfig, start: dict[str, torch.Tensor], width: int):
         super().__init__()

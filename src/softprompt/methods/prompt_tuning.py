@@ -12,7 +12,7 @@ from torch import nn
 
 from ..configs import check_whole, coerce_enum
 from ..errors import ConfigError
-from .base import Injection, register_method
+from .base import InputPrompt, register_method
 
 
 class PromptInit(str, Enum):
@@ -93,13 +93,12 @@ def _repeat_to(rows: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @register_method
-class PromptTuning(nn.Module):
+class PromptTuning(InputPrompt, nn.Module):
     """A (num_virtual_tokens, hidden) float32 parameter written into the input sequence."""
 
     name: ClassVar[str] = "prompt_tuning"
     default_lrs: ClassVar[dict] = {"any": 3e-2}  # training.lr when unset, by model kind (SST-2/smollm2 sweeps, bench/results/sweep*_gpu.json)
     Config: ClassVar[type] = PromptTuningConfig
-    injections: ClassVar[frozenset] = frozenset({Injection.INPUT})
 
     def __init__(self, config: PromptTuningConfig, hidden_size: int, initial: torch.Tensor | None = None):
         super().__init__()
@@ -144,13 +143,6 @@ class PromptTuning(nn.Module):
             fill = _vocab_sample(base, n - labels.shape[0], generator) if n > labels.shape[0] else labels[:0]
             initial = torch.cat([labels, fill])
         return cls(config, base.info.hidden_size, initial)
-
-    @property
-    def num_virtual_tokens(self) -> int:
-        return self.config.num_virtual_tokens
-
-    def input_prompt(self) -> torch.Tensor:
-        return self.embedding
 
     def prompt_tensors(self):
         from ..core import PromptTensors

@@ -17,7 +17,7 @@ from torch import nn
 from ..core import PromptTensors
 from ..configs import check_dropout, check_whole, coerce_enum
 from ..errors import ConfigError
-from .base import Injection, register_method
+from .base import InputPrompt, register_method
 from .prompt_tuning import PromptInit, PromptTuning, PromptTuningConfig
 
 
@@ -48,13 +48,12 @@ class PTuningConfig:
 
 
 @register_method
-class PTuning(nn.Module):
+class PTuning(InputPrompt, nn.Module):
     """tokens = encoder(embedding) + embedding: the residual keeps the start at the initial words."""
 
     name: ClassVar[str] = "ptuning"
     default_lrs: ClassVar[dict] = {"any": 3e-3}  # training.lr when unset, by model kind (SST-2/smollm2, bench/results/ptuning_sst2.json)
     Config: ClassVar[type] = PTuningConfig
-    injections: ClassVar[frozenset] = frozenset({Injection.INPUT})
 
     def __init__(self, config: PTuningConfig, initial: torch.Tensor):
         super().__init__()
@@ -83,22 +82,18 @@ class PTuning(nn.Module):
         torch.manual_seed(config.seed)
         return cls(config, initial)
 
-    @property
-    def num_virtual_tokens(self) -> int:
-        return self.config.num_virtual_tokens
-
-    def input_prompt(self) -> torch.Tensor:
+    def _tokens(self) -> torch.Tensor:
         x = self.embedding
         if self.lstm is not None:
             x = self.lstm(x.unsqueeze(0))[0].squeeze(0)
         return self.embedding + self.mlp(x)
 
     def prompt_tensors(self) -> PromptTensors:
-        return PromptTensors(input=self.input_prompt())
+        return PromptTensors(input=self._tokens())
 
     def export(self) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            return {"input": self.input_prompt().detach().to("cpu", torch.float32).clone()}
+            return {"input": self._tokens().detach().to("cpu", torch.float32).clone()}
 
     @classmethod
     def from_export(cls, config: PTuningConfig, tensors: dict[str, torch.Tensor]):

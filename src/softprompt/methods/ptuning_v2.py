@@ -11,7 +11,7 @@ from torch import nn
 from ..configs import check_dropout
 from ..core import PromptTensors
 from ..errors import ConfigError
-from .base import Injection, register_method
+from .base import NoInputPrompt, register_method
 from .deep_common import DeepInit, deep_stacks, random_prefixes, validate_deep_config, word_activations
 
 
@@ -43,14 +43,12 @@ def initial_prefixes(config, base, label_words: Sequence[str]) -> dict[str, torc
 
 
 @register_method
-class PTuningV2(nn.Module):
+class PTuningV2(NoInputPrompt, nn.Module):
     """Per-stack (layers, 2, kv_heads, prefix_length, head_dim) float32 parameters."""
 
     name: ClassVar[str] = "ptuning_v2"
     default_lrs: ClassVar[dict] = {"any": 3e-3, "encoder": 3e-2}  # training.lr when unset, by model kind (SST-2/smollm2; SST-2 and CoNLL on minilm-l6: bench/results/minilm_*)
     Config: ClassVar[type] = PTuningV2Config
-    injections: ClassVar[frozenset] = frozenset({Injection.DEEP})
-    num_virtual_tokens: ClassVar[int] = 0
 
     def __init__(self, config, prefixes: dict[str, torch.Tensor], dropout: float | None = None):
         """``dropout`` (prefix entries dropped in training) defaults to ``config.dropout``."""

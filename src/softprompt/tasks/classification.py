@@ -23,6 +23,8 @@ from ..core import PromptBatch, PromptedModel
 from ..errors import ConfigError, DataError
 from ..models import ModelKind
 from ..templates import TemplateRenderer, parse_template
+from .kinds import TaskDefaults, register_task_kind, wants_dev_split, warn_if_cut_misses_labels
+from .readers import sample_k_per_class, split_examples
 
 CONTENT_FREE = ("N/A", "", "[MASK]")  # the content-free inputs of contextual calibration (Zhao et al., 2021)
 
@@ -127,12 +129,41 @@ class Item:
     targets: list[list[list[tuple[int, int, int]]]] = field(default_factory=list)
 
 
-class ClassificationTask(nn.Module):
+@register_task_kind
+class ClassificationTask(nn.Module, TaskDefaults):
     """Turns examples into rows and hidden states into class logits."""
 
     kind = "classification"
+    Config = ClassificationConfig
     routes = ("/v1/classify",)  # the HTTP routes that serve it
     view = "label"  # how the server's page shows a result: a label with its probabilities
+    zero_shot = True  # label words (or a head's rows, mapped) carry over to another label set
+
+    @classmethod
+    def training_split(cls, train: list, dev: list, data, seed: int, where: str) -> tuple[list, list]:
+        """A stratified dev split (every label keeps its share), then k examples per class when asked."""
+        if wants_dev_split(train, dev, data):
+            train, dev = split_examples(train, data.dev_fraction, seed)
+        warn_if_cut_misses_labels(data.dev, "data.max_dev", data.max_dev, dev, {e.label for e in train})
+        warn_if_cut_misses_labels(data.train, "data.max_train", data.max_train, train, {e.label for e in dev})
+        if data.k_shot:
+            train = sample_k_per_class(train, data.k_shot, seed)
+        return train, dev
+
+    @classmethod
+    def with_calibration(cls, section: dict, calibrate: bool, where: str) -> dict:
+        return {**section, "calibrate": bool(calibrate)}
+
+    def set_class_weights(self, mode, items: Sequence[Item], where: str) -> None:
+        self.class_weights = class_weight_tensor(mode, self.labels, [item.label for item in items])
+
+    def reads_row_end(self) -> bool:
+        """Verbalizer words and last-token pooling read a causal row at its end."""
+        return self.info.kind is ModelKind.CAUSAL and (
+            self.head_kind is HeadKind.VERBALIZER or self.config.pooling in (Pooling.AUTO, Pooling.LAST))
+
+    def artifact_section(self) -> dict:
+        return {**super().artifact_section(), "template": str(self.template)}  # demonstrations and chat included
 
     def __init__(self, config: ClassificationConfig, base, labels: Sequence[str], n_prefix: int = 0,
                  demonstrations: Sequence = ()):

@@ -10,9 +10,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..engine import SamplingParams
 from ..errors import ConfigError
 from ..models import ModelKind
 from ..templates import TemplateRenderer, parse_template
+from .kinds import Prediction, TaskDefaults, register_task_kind
 
 DEFAULT_TEMPLATES = {ModelKind.CAUSAL: "{text}\nOutput: {mask}", ModelKind.SEQ2SEQ: "{text}"}
 
@@ -43,10 +45,14 @@ class GenItem:
     label: None = None
 
 
-class GenerationTask(nn.Module):
+@register_task_kind
+class GenerationTask(nn.Module, TaskDefaults):
     """Turns (input, target) pairs into rows and scores targets; generates at evaluation."""
 
     kind = "generation"
+    Config = GenerationConfig
+    decodes = True  # its rows are generated from, and evaluated on the generated text
+    labelled = False  # its targets are free text, not labels
     routes = ("/v1/completions", "/v1/chat/completions")  # the HTTP routes that serve it
     view = "text"  # how the server's page shows a result: the generated text
     metric_names = ("bleu", "rougeL")
@@ -89,6 +95,20 @@ class GenerationTask(nn.Module):
         if self.info.kind is ModelKind.CAUSAL and targets:
             return GenItem([prefix + tuple(targets[:-1])], prefix, targets)
         return GenItem([prefix], prefix, targets)
+
+    def reads_row_end(self) -> bool:
+        """A causal row is decoded from its last position on; an encoder-decoder reads it whole."""
+        return self.info.kind is ModelKind.CAUSAL
+
+    def sampling(self, **overrides) -> SamplingParams:
+        """The task's decoding settings (max_new_tokens, beams, length penalty), with overrides, as
+        engine sampling parameters (greedy unless temperature > 0)."""
+        config = self.config
+        return SamplingParams(**{"max_new_tokens": config.max_new_tokens, "num_beams": config.num_beams,
+                                 "length_penalty": config.length_penalty, **overrides})
+
+    def prediction(self, output: str, item, example) -> Prediction:
+        return Prediction(output, {}, example.text, example.source)
 
     def class_logits(self, pm, hidden, batch, items, row_index) -> list[torch.Tensor]:
         """Per item, the log-probabilities of its target tokens (teacher forcing)."""

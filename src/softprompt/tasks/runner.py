@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from ..core import PromptedModel
-from ..engine import Engine, EnginePrompt, SamplingParams
-from ..models import ModelKind
+from ..engine import Engine, EnginePrompt
 
 
 class TaskPrompt(nn.Module):
@@ -78,19 +77,6 @@ def export_unit(unit: TaskPrompt) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def reads_row_end(task) -> bool:
-    """Whether a task reads a causal row only at its end (verbalizer words, last-token pooling,
-    generation): then a compiled start of the row, which yields no hidden states, loses nothing."""
-    info = getattr(task, "info", None)
-    if info is None or info.kind is not ModelKind.CAUSAL:
-        return False
-    if task.kind == "generation":
-        return True
-    if task.kind != "classification":
-        return False
-    return task.head_kind.value == "verbalizer" or task.config.pooling.value in ("auto", "last")
-
-
 _PROBES = ("x", "Z 9", "\n. ?")  # different first characters: the rows agree only on the template's start
 
 
@@ -99,7 +85,7 @@ def fixed_start(task) -> tuple[int, ...] | None:
     first field), for compiling; None when the task cannot use it. Rows are checked one by one
     against it, so a template whose text merges with the input's first characters only loses speed."""
     renderer = getattr(task, "renderer", None)
-    if renderer is None or not reads_row_end(task):
+    if renderer is None or not task.reads_row_end():
         return None
     fields = task.template.fields
     rendered = [renderer.render({name: probe for name in fields}, task.n_prefix).ids for probe in _PROBES]
@@ -176,13 +162,6 @@ def _logits_in_fixed_batches(pm: PromptedModel, units: Mapping[str, TaskPrompt],
     return out
 
 
-def sampling_of(task) -> SamplingParams:
-    """A generation task's decoding settings as engine sampling parameters."""
-    config = task.config
-    return SamplingParams(max_new_tokens=config.max_new_tokens, num_beams=config.num_beams,
-                          length_penalty=config.length_penalty)
-
-
 def generate_texts(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared: Sequence[Prepared],
                    batch_size: int = 16) -> list[str]:
     """Output text for generation items that may belong to different tasks (and methods), decoded
@@ -196,7 +175,7 @@ def generate_texts(pm: PromptedModel, units: Mapping[str, TaskPrompt], prepared:
     with Engine(pm, max_batch_rows=batch_size * beams, max_running=batch_size * beams) as engine:
         entries = register_units(engine, units)
         handles = list(zip(order, engine.submit_generates(
-            [(entries[prepared[i].key], prepared[i].item.prefix, sampling_of(units[prepared[i].key].task))
+            [(entries[prepared[i].key], prepared[i].item.prefix, units[prepared[i].key].task.sampling())
              for i in order])))
         try:
             for i, handle in tqdm(handles, desc="generate", unit="ex", leave=False,

@@ -13,6 +13,9 @@ from ..errors import ConfigError, DataError
 from ..models import ModelKind
 from ..templates.render import _special_frame
 from ..core.batch import virtual
+from .conll import TokenExample, read_token_examples
+from .kinds import Prediction, TaskDefaults, register_task_kind
+from .readers import Example
 
 
 @dataclass
@@ -36,10 +39,12 @@ class TokenItem:
     source: str = ""
 
 
-class TokenLabellingTask(nn.Module):
+@register_task_kind
+class TokenLabellingTask(nn.Module, TaskDefaults):
     """Turns sentences into rows and hidden states into per-word tag logits."""
 
     kind = "token_labelling"
+    Config = TokenLabellingConfig
     routes = ("/v1/tag",)  # the HTTP routes that serve it
     view = "tags"  # how the server's page shows a result: a tag per word
     metric_names = ("f1", "precision", "recall", "accuracy")
@@ -60,6 +65,33 @@ class TokenLabellingTask(nn.Module):
         self.dropout = nn.Dropout(0.1)
         self.lead, self.trail = _special_frame(self.tokenizer)
         self.template = "{tokens}"
+
+    @classmethod
+    def read(cls, path: str, data, *, require_label: bool = True, limit: int | None = None) -> list:
+        """Sentences of token-tag lines (CoNLL)."""
+        return read_token_examples(path, require_tags=require_label, limit=limit)
+
+    @classmethod
+    def unlabelled(cls, value, source: str) -> TokenExample:
+        """An input as an untagged sentence (split at whitespace); DataError when empty."""
+        if isinstance(value, TokenExample):
+            return TokenExample(value.tokens, None, value.source or source)
+        text = value.text if isinstance(value, Example) else str(value)
+        if not text.split():
+            raise DataError(f"{source}: empty text")
+        return TokenExample(tuple(text.split()), None, source)
+
+    @classmethod
+    def labels_in(cls, examples) -> list[str]:
+        """Every tag of the training sentences, 'O' first, then by entity type."""
+        tags = sorted({t for e in examples for t in (e.tags or ())}, key=lambda t: (t != "O", t.split("-")[-1], t))
+        if not tags:
+            raise DataError("the training data has no tags")
+        return tags
+
+    def prediction(self, output: torch.Tensor, item: TokenItem, example) -> Prediction:
+        tags = self.decode(output, item)
+        return Prediction(" ".join(tags), {}, " ".join(example.tokens), example.source, tags)
 
     @property
     def label_words(self) -> list[str]:

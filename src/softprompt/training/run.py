@@ -7,7 +7,6 @@ friendly entry points around them, so no module below the API has to import it.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,25 +27,16 @@ from ..configs import (
     to_dict,
 )
 from ..core import PromptArtifact, PromptedModel
-from ..errors import ArtifactError, ConfigError, DataError
+from ..errors import ArtifactError, ConfigError
 from ..methods import get_method
 from ..methods.base import default_lr
 from ..methods.deep_common import check_deep_tensors
 from ..models import BaseModel, load_base
-from ..tasks.classification import ClassificationConfig, ClassificationTask, class_weight_tensor
-from ..tasks.conll import TokenExample, read_token_examples
-from ..tasks.generation import GenerationConfig, GenerationTask
+from ..tasks.kinds import DEFAULT_KIND, TASK_KINDS, build_task, get_task_kind, kind_of  # noqa: F401  (TASK_KINDS: the API's name)
 from ..tasks.metrics import format_report
-from ..tasks.readers import DataWarning, Example, read_examples, sample_k_per_class, split_examples
+from ..tasks.readers import Example
 from ..tasks.runner import Prepared, TaskPrompt, export_unit, predict_logits
-from ..tasks.token_labelling import TokenLabellingConfig, TokenLabellingTask
 from .distributed import processes
-
-TASK_KINDS = {
-    "generation": (GenerationConfig, GenerationTask),
-    "classification": (ClassificationConfig, ClassificationTask),
-    "token_labelling": (TokenLabellingConfig, TokenLabellingTask),
-}
 
 
 def resolve_device(device: str) -> str:
@@ -107,15 +97,6 @@ def split_kind(section: Mapping[str, Any], key: str, default: str) -> tuple[str,
     return str(name), rest
 
 
-def build_task(task_section: Mapping[str, Any], base: BaseModel, labels: Sequence[str], n_prefix: int) -> ClassificationTask:
-    """The task module that a config's task section describes."""
-    kind, rest = split_kind(task_section, "kind", "classification")
-    if kind not in TASK_KINDS:
-        raise ConfigError(f"task.kind={kind!r} is not one of: {', '.join(TASK_KINDS)}")
-    config_cls, task_cls = TASK_KINDS[kind]
-    return task_cls(from_dict(config_cls, rest, "task."), base, labels, n_prefix)
-
-
 def method_config(method_section: Mapping[str, Any]):
     """(method class, its validated config) from a config's method section."""
     name, rest = split_kind(method_section, "name", "prompt_tuning")
@@ -124,46 +105,19 @@ def method_config(method_section: Mapping[str, Any]):
 
 
 def labels_of(task_section: Mapping[str, Any], examples: Sequence) -> list[str]:
-    if task_kind(task_section) == "generation":
-        return []
-    if task_section.get("labels"):
-        return [str(label) for label in task_section["labels"]]
-    if task_section.get("verbalizer"):
-        return [str(label) for label in task_section["verbalizer"]]
-    if examples and isinstance(examples[0], TokenExample):
-        tags = sorted({t for e in examples for t in (e.tags or ())}, key=lambda t: (t != "O", t.split("-")[-1], t))
-        if not tags:
-            raise DataError("the training data has no tags")
-        return tags
-    found = sorted({e.label for e in examples if e.label is not None})
-    if len(found) < 2:
-        raise DataError(f"the training data has {len(found)} distinct label(s); classification needs at least two")
-    return found
-
-
-def task_kind(task_section: Mapping[str, Any] | None) -> str:
-    return str((task_section or {}).get("kind", "classification"))
+    """The task's labels (tags for token labelling, none for generation): named in the section, else
+    those of the training examples."""
+    return kind_of(task_section).labels_from(task_section, examples)
 
 
 def read_split(path: str, data: DataConfig, *, require_label: bool = True, limit: int | None = None,
-               kind: str = "classification") -> list:
-    """Examples of one data file, read with the config's format and field names (sentences of
-    token-tag lines for token labelling)."""
-    if kind == "token_labelling":
-        return read_token_examples(path, require_tags=require_label, limit=limit)
-    return read_examples(
-        path,
-        format=None if data.format == "auto" else data.format,
-        text_field=data.text_field,
-        text_b_field=data.text_b_field,
-        label_field=data.label_field if require_label else None,
-        require_label=require_label,
-        limit=limit,
-        skip_empty=data.skip_empty,
-    )
+               kind: str = DEFAULT_KIND) -> list:
+    """Examples of one data file, read as the task kind reads its data (the config's format and field
+    names for text; sentences of token-tag lines for token labelling)."""
+    return get_task_kind(kind).read(path, data, require_label=require_label, limit=limit)
 
 
-def prepare(task: ClassificationTask, key: str, examples: Sequence[Example]) -> list[Prepared]:
+def prepare(task, key: str, examples: Sequence[Example]) -> list[Prepared]:
     """Examples turned into rows of one task (errors name file and line)."""
     return [Prepared(key, task.prepare(e)) for e in examples]
 
@@ -188,7 +142,7 @@ class TrainResult:
 def evaluate_items(pm, unit, items, examples, batch_size, padding_side) -> dict:
     """A task's metrics on labelled items; data-parallel processes score a share each and gather."""
     procs = processes()
-    if hasattr(unit.task, "evaluate"):  # generation: decode (a share each), then score the text
+    if unit.task.decodes:  # generation: decode (a share each), then score the text
         # A sharded base decodes the whole split on every process: the engine's passes follow the
         # inputs' lengths, and each pass must be every process's.
         return unit.task.evaluate(pm, unit, items, examples, batch_size, padding_side,
@@ -200,27 +154,6 @@ def evaluate_items(pm, unit, items, examples, batch_size, padding_side) -> dict:
     outputs = predict_logits(pm, {unit.key: unit}, mine, batch_size, padding_side, progress=procs.main)
     outputs = procs.gather_tensors(outputs[:n_mine])
     return unit.task.metrics(outputs, [p.item for p in items], examples)
-
-
-def warn_if_cut_misses_labels(path, option: str, limit: int | None, kept: Sequence, expected) -> None:
-    """A DataWarning when a row limit (data.max_train/max_dev, zero_shot's limit) cut a file to its first
-    rows and those rows lack expected labels: files sorted by label (MR, SUBJ, ...) otherwise give a
-    one-class set silently."""
-    if not limit or len(kept) < limit:
-        return
-    missing = sorted(set(expected) - {e.label for e in kept} - {None})
-    if missing:
-        warnings.warn(f"{path}: {option}={limit} keeps the first {limit} examples, and they have no "
-                      f"example of label(s) {missing}; the file may be sorted by label: shuffle it or raise "
-                      f"{option}", DataWarning, stacklevel=3)
-
-
-def random_split(examples: Sequence, fraction: float, seed: int) -> tuple[list, list]:
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_dev = max(1, round(len(examples) * fraction))
-    dev = sorted(order[:n_dev])
-    keep = sorted(order[n_dev:])
-    return [examples[i] for i in keep], [examples[i] for i in dev]
 
 
 @dataclass
@@ -259,35 +192,21 @@ def _set_up(name, key, task_section, method_section, data, training, base, lr) -
     where = "" if key == "task" else f"tasks.{name}: "
     if not data.train:
         raise ConfigError(f"{where}data.train is not set: give the training file (data.train=path/to/train.jsonl)")
-    kind = task_kind(task_section)
-    train_examples = read_split(data.train, data, limit=data.max_train, kind=kind)
-    dev_examples = read_split(data.dev, data, limit=data.max_dev, kind=kind) if data.dev else []
-    if not dev_examples and data.dev_fraction > 0 and len(train_examples) >= 10:
-        split = split_examples if kind == "classification" else random_split
-        train_examples, dev_examples = split(train_examples, data.dev_fraction, training.seed)
-    if kind == "classification":
-        warn_if_cut_misses_labels(data.dev, "data.max_dev", data.max_dev, dev_examples,
-                                  {e.label for e in train_examples})
-        warn_if_cut_misses_labels(data.train, "data.max_train", data.max_train, train_examples,
-                                  {e.label for e in dev_examples})
-    if data.k_shot and kind != "classification":
-        raise ConfigError(f"{where}data.k_shot samples k examples per class; it applies to classification only")
-    if data.k_shot:
-        train_examples = sample_k_per_class(train_examples, data.k_shot, training.seed)
+    kind = kind_of(task_section)
+    train_examples = read_split(data.train, data, limit=data.max_train, kind=kind.kind)
+    dev_examples = read_split(data.dev, data, limit=data.max_dev, kind=kind.kind) if data.dev else []
+    train_examples, dev_examples = kind.training_split(train_examples, dev_examples, data, training.seed, where)
     method_cls, m_config = method_config(method_section)
     lr = lr or training.lr or default_lr(method_cls, base.info.kind)
     labels = labels_of(task_section, train_examples)
     torch.manual_seed(training.seed)  # the head's initial weights are part of the run's seed
-    task = build_task(task_section, base, labels, getattr(m_config, "num_virtual_tokens", 0))
+    task = build_task(task_section, base, labels, method_cls.input_positions(m_config))
     method = method_cls.initialise(m_config, base, label_words=task.label_words)
     unit = TaskPrompt(key, method, task)
     train_items = prepare(task, key, train_examples)
     dev_items = prepare(task, key, dev_examples)
     if training.class_weights not in (None, "none"):
-        if kind != "classification":
-            raise ConfigError(f"{where}training.class_weights weighs classes of a classification task; "
-                              f"task.kind={kind!r} has none")
-        task.class_weights = class_weight_tensor(training.class_weights, labels, [p.item.label for p in train_items])
+        task.set_class_weights(training.class_weights, [p.item for p in train_items], where)
     trainable = sum(p.numel() for p in unit.parameters() if p.requires_grad)
     return _TaskRun(name, key, dict(task_section), data, method_cls, m_config, labels, unit, train_items,
                     dev_examples, dev_items, lr, trainable)
@@ -301,8 +220,7 @@ def _save_task(run: _TaskRun, best, run_dir: Path, base: BaseModel, pm: Prompted
     meta = {
         "method": run.method_cls.name,
         "method_config": to_dict(run.m_config),
-        "task": {**to_dict(task.config), "kind": task.kind, "labels": run.labels,
-                 **({"template": str(task.template)} if task.kind == "classification" else {})},
+        "task": task.artifact_section(),
         "data_fields": {"text_field": data.text_field, "text_b_field": data.text_b_field, "label_field": data.label_field},
         "base_model": {
             "name": base.name,
@@ -326,13 +244,12 @@ def _save_task(run: _TaskRun, best, run_dir: Path, base: BaseModel, pm: Prompted
     # Final metrics come from the saved file itself, attached as a user would attach it.
     loaded = load_prompt(path, base, key=run.key)
     metrics: dict[str, Any] = {}
-    kind = task_kind(run.task_section)
     if run.dev_items:
         metrics["dev"] = evaluate_items(pm, loaded.unit, prepare(loaded.unit.task, run.key, run.dev_examples),
                                         run.dev_examples, t.eval_batch_size, t.padding_side)
         log(format_report(metrics["dev"]))
     if data.test:
-        test_examples = read_split(data.test, data, kind=kind)
+        test_examples = read_split(data.test, data, kind=task.kind)
         test_items = prepare(loaded.unit.task, run.key, test_examples)
         metrics["test"] = evaluate_items(pm, loaded.unit, test_items, test_examples, t.eval_batch_size, t.padding_side)
     artifact.meta["metrics"] = {split: {k: v for k, v in m.items() if k != "per_class"} for split, m in metrics.items()}
@@ -478,11 +395,8 @@ def load_prompt(path: str | Path | PromptArtifact, base: BaseModel | str | None 
     task_section = {k: v for k, v in artifact.meta["task"].items()}
     labels = task_section.pop("labels")
     if calibrate is not None:
-        if task_section.get("kind", "classification") != "classification":
-            raise ConfigError(f"{artifact.path or 'artifact'}: calibration applies to classification prompts; "
-                              f"this one is task.kind={task_section.get('kind')!r}")
-        task_section["calibrate"] = bool(calibrate)
-    task = build_task(task_section, base, labels, getattr(m_config, "num_virtual_tokens", 0))
+        task_section = kind_of(task_section).with_calibration(task_section, calibrate, str(artifact.path or "artifact"))
+    task = build_task(task_section, base, labels, method_cls.input_positions(m_config))
     prompt_tensors = {k[len("prompt."):]: v for k, v in artifact.tensors.items() if k.startswith("prompt.")}
     check_deep_tensors(prompt_tensors, base, str(artifact.path or "artifact"))
     try:

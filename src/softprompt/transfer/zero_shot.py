@@ -15,6 +15,7 @@ import torch
 
 from ..core import PromptArtifact
 from ..errors import ArtifactError, ConfigError
+from ..tasks.kinds import kind_of
 
 
 def _source_words(task: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -33,8 +34,9 @@ def transferred_artifact(source: PromptArtifact, target_task: Mapping[str, Any] 
     """
     src_task = dict(source.meta.get("task", {}))
     task = dict(target_task if target_task is not None else src_task)
-    if task.get("kind", "classification") != "classification" or src_task.get("kind", "classification") != "classification":
-        raise ConfigError("zero-shot transfer applies to classification tasks")
+    refused = next((kind for kind in (kind_of(task), kind_of(src_task)) if not kind.zero_shot), None)
+    if refused is not None:
+        raise ConfigError(f"zero-shot transfer applies to classification tasks, not task.kind={refused.kind!r}")
     if label_map:
         words = _source_words(src_task)
         unknown = sorted(set(label_map.values()) - set(words))
@@ -69,7 +71,8 @@ def zero_shot(source: str | Path | PromptArtifact, data: str | Path, *, base=Non
               format: str = "auto", text_field: str | None = None, text_b_field: str | None = None,
               label_field: str | None = None, batch_size: int = 32, limit: int | None = None) -> dict:
     """Metrics of a source prompt applied directly to a target task's labelled data."""
-    from ..training.run import data_config_of, load_prompt, read_split, warn_if_cut_misses_labels
+    from ..tasks.kinds import warn_if_cut_misses_labels
+    from ..training.run import data_config_of, load_prompt, read_split
 
     source = source if isinstance(source, PromptArtifact) else PromptArtifact.load(source)
     artifact = transferred_artifact(source, target_task, label_map)
