@@ -45,6 +45,7 @@ class TaskKind(Protocol):
     decodes: ClassVar[bool]  # rows are generated (decoded) rather than scored
     labelled: ClassVar[bool]  # its examples carry labels (or tags) that name its outputs
     zero_shot: ClassVar[bool]  # a prompt of it can move to another task of it with no training
+    metric_names: ClassVar[tuple[str, ...]]  # what evaluation reports, higher is better; the first picks the best step
 
     def __init__(self, config: Any, base: Any, labels: Sequence[str], n_prefix: int) -> None: ...
 
@@ -76,6 +77,11 @@ class TaskKind(Protocol):
     def loss_count(self, items) -> int: ...
 
     def loss_sum(self, outputs, items) -> torch.Tensor: ...
+
+    def metrics(self, outputs, items, examples) -> dict:
+        """Scored kinds: metric_names (and n) from the outputs of labelled items; a kind that decodes
+        has evaluate(pm, unit, items, examples, batch_size, padding_side, spread) instead."""
+        ...
 
     def prediction(self, output: Any, item: Any, example: Any) -> Prediction: ...
 

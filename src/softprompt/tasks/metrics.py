@@ -55,23 +55,33 @@ def classification_metrics(gold: Sequence[str], pred: Sequence[str], labels: Seq
 
 
 def format_report(metrics: dict) -> str:
-    """Return a small aligned text table of per-class scores, then accuracy and macro-F1 lines.
-
-    ``metrics`` is what :func:`classification_metrics` returns.
-    """
+    """A small aligned text table of per-class scores, then the summary lines: accuracy and macro-F1
+    (classification), span F1 (token labelling), BLEU and ROUGE-L (generation); any other task
+    kind's metrics one after another."""
     if "bleu" in metrics:  # generation
         return f"BLEU {metrics['bleu']:.2f}  ROUGE-L {metrics['rougeL']:.2f}  (n={metrics['n']} distinct inputs)"
-    if "macro_f1" not in metrics:  # span-level token labelling (seqeval)
-        per_class = metrics.get("per_class", {})
-        width = max([len("entity"), *(len(str(label)) for label in per_class)])
-        lines = [f"{'entity':<{width}}  {'precision':>9}  {'recall':>6}  {'f1':>6}  {'support':>7}"]
-        for label, s in per_class.items():
-            lines.append(f"{label:<{width}}  {s['precision']:>9.4f}  {s['recall']:>6.4f}  {s['f1-score']:>6.4f}  "
-                         f"{int(s['support']):>7d}")
-        lines += ["", f"span F1   {metrics['f1']:.4f}  precision {metrics['precision']:.4f}  "
-                      f"recall {metrics['recall']:.4f}  (n={metrics['n']} sentences)",
-                  f"token accuracy  {metrics['accuracy']:.4f}"]
-        return "\n".join(lines)
+    if "macro_f1" in metrics:
+        return _class_report(metrics)
+    if "f1" in metrics:  # span-level token labelling (seqeval)
+        return _span_report(metrics)
+    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+                     if k != "per_class")
+
+
+def _span_report(metrics: dict) -> str:
+    per_class = metrics.get("per_class", {})
+    width = max([len("entity"), *(len(str(label)) for label in per_class)])
+    lines = [f"{'entity':<{width}}  {'precision':>9}  {'recall':>6}  {'f1':>6}  {'support':>7}"]
+    for label, s in per_class.items():
+        lines.append(f"{label:<{width}}  {s['precision']:>9.4f}  {s['recall']:>6.4f}  {s['f1-score']:>6.4f}  "
+                     f"{int(s['support']):>7d}")
+    lines += ["", f"span F1   {metrics['f1']:.4f}  precision {metrics['precision']:.4f}  "
+                  f"recall {metrics['recall']:.4f}  (n={metrics['n']} sentences)",
+              f"token accuracy  {metrics['accuracy']:.4f}"]
+    return "\n".join(lines)
+
+
+def _class_report(metrics: dict) -> str:
     per_class = metrics.get("per_class", {})
     width = max([len("label"), *(len(str(label)) for label in per_class)])
     lines = [f"{'label':<{width}}  {'precision':>9}  {'recall':>6}  {'f1':>6}  {'support':>7}"]

@@ -291,8 +291,6 @@ def train(
 
     Under `accelerate launch` (or torchrun) the processes split every batch and evaluation; the main
     process alone logs and writes files."""
-    from .loop import FitResult, TaskBest, fit
-
     config = load_run_config(config, overrides)
     procs = processes()
     if not procs.main:
@@ -327,30 +325,46 @@ def train(
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     procs.barrier()
 
+    result = _fit(pm, runs, t, run_dir, resume=resume, progress=progress, on_step=on_step, log=log)
+    return _save_runs(runs, result, run_dir, base, pm, t, log)
+
+
+def _fit(pm: PromptedModel, runs: Sequence[_TaskRun], t: TrainingConfig, run_dir: Path, *, resume: bool,
+         progress: bool, on_step, log: Callable[[str], None]):
+    """Train the runs' prompts together (one run: alone), evaluating on their dev items; a run with
+    nothing trainable keeps its prompts as written."""
+    from .loop import FitResult, TaskBest, fit
+
     def evaluate_all() -> dict:
         return {r.key: evaluate_items(pm, r.unit, r.dev_items, r.dev_examples, t.eval_batch_size, t.padding_side)
                 for r in runs if r.dev_items}
 
-    if sum(r.trainable for r in runs):
-        has_dev = any(r.dev_items for r in runs)
-        if len(runs) == 1:
-            run = runs[0]
-            result = fit(pm, run.unit, run.train_items, t, run_dir,
-                         evaluate=(lambda: evaluate_all()[run.key]) if has_dev else None, resume=resume,
-                         progress=progress, on_step=on_step, log=log)
-        else:
-            result = fit(pm, {r.key: r.unit for r in runs}, [i for r in runs for i in r.train_items], t, run_dir,
-                         evaluate=evaluate_all if has_dev else None, resume=resume, progress=progress,
-                         on_step=on_step, log=log, lrs={r.key: r.lr for r in runs})
-    else:  # hard prompts on verbalizers: nothing to train, the prompts are kept as written
+    if not sum(r.trainable for r in runs):  # hard prompts on verbalizers: nothing to train
         log("nothing trainable (a hard prompt): saving it as written and evaluating it")
-        result = FitResult(best_tensors=export_unit(runs[0].unit), best_metric=None, best_step=0, steps_done=0,
-                           history=[], train_seconds=0.0, samples_per_second=0.0, stopped_early=False,
-                           per_task={r.key: TaskBest(export_unit(r.unit), None, 0) for r in runs})
+        return FitResult(best_tensors=export_unit(runs[0].unit), best_metric=None, best_step=0, steps_done=0,
+                         history=[], train_seconds=0.0, samples_per_second=0.0, stopped_early=False,
+                         per_task={r.key: TaskBest(export_unit(r.unit), None, 0) for r in runs})
+    has_dev = any(r.dev_items for r in runs)
+    if len(runs) == 1:
+        run = runs[0]
+        return fit(pm, run.unit, run.train_items, t, run_dir,
+                   evaluate=(lambda: evaluate_all()[run.key]) if has_dev else None, resume=resume,
+                   progress=progress, on_step=on_step, log=log)
+    return fit(pm, {r.key: r.unit for r in runs}, [i for r in runs for i in r.train_items], t, run_dir,
+               evaluate=evaluate_all if has_dev else None, resume=resume, progress=progress,
+               on_step=on_step, log=log, lrs={r.key: r.lr for r in runs})
+
+
+def _save_runs(runs: Sequence[_TaskRun], result, run_dir: Path, base: BaseModel, pm: PromptedModel,
+               t: TrainingConfig, log: Callable[[str], None]) -> TrainResult:
+    """Each run's artifact and metrics (several tasks: one folder each under run_dir)."""
+    from .loop import TaskBest
+
     if len(runs) == 1:
         best = result.per_task.get(runs[0].key) or TaskBest(result.best_tensors, result.best_metric, result.best_step,
                                                             result.kept_start)
         return _save_task(runs[0], best, run_dir, base, pm, t, result, log)
+    procs = processes()
     results = {}
     for run in runs:
         task_dir = run_dir / run.name
