@@ -33,7 +33,7 @@ def _unit(base, key, method, template="review : {text} sentiment : {mask}", seed
     section = {"kind": "classification", "labels": ["pos", "neg"]}
     if base.info.kind.value != "encoder":
         section.update(template=template, verbalizer={"pos": "good", "neg": "bad"})
-    task = build_task(section, base, ["pos", "neg"], getattr(cfg, "num_virtual_tokens", 0))
+    task = build_task(section, base, ["pos", "neg"], cls.input_positions(cfg))
     torch.manual_seed(seed)
     method_module = cls.initialise(cfg, base, task.label_words)
     with torch.no_grad():  # move away from the (zero-output) start so the test sees real tensors
@@ -171,3 +171,32 @@ def test_a_loaded_prefix_tuning_prompt_drops_nothing_even_in_train_mode():
     loaded = cls.from_export(cfg, module.export()).train()
     deep, stored = loaded.prompt_tensors().deep, dict(loaded.prefixes.items())
     assert deep and all(deep[s] is stored[s] for s in stored)
+
+
+def _protocol_members(protocol) -> set[str]:
+    skip = {"__annotations__", "__dict__", "__doc__", "__init__", "__module__", "__parameters__", "__weakref__",
+            "__subclasshook__", "__abstractmethods__", "__non_callable_proto_members__", "__protocol_attrs__",
+            "__orig_bases__", "__class_getitem__", "__init_subclass__", "__type_params__"}
+    names = set(vars(protocol)) | set(getattr(protocol, "__annotations__", {}))
+    return {n for n in names if n not in skip and not n.startswith("_abc") and not n.startswith("_is_")}
+
+
+def test_every_method_has_every_member_of_the_protocol_and_no_getattr_is_needed():
+    from softprompt.methods import PromptMethod
+
+    members = _protocol_members(PromptMethod)
+    assert {"input_positions", "num_virtual_tokens", "initialise", "from_export", "prompt_tensors", "export",
+            "name", "Config", "default_lrs"} <= members
+    missing = {name: sorted(m for m in members if not hasattr(cls, m)) for name, cls in METHODS.items()}
+    assert not any(missing.values()), missing
+    base = tiny_base("gpt2")
+    for name, cls in METHODS.items():
+        config = cls.Config(**METHOD_CONFIGS[name])
+        module = cls.initialise(config, base)
+        positions = cls.input_positions(config)
+        tensors = module.prompt_tensors()
+        assert module.num_virtual_tokens == positions, name
+        assert (tensors.input.shape[0] if tensors.input is not None else 0) == positions, name
+        restored = cls.from_export(config, module.export())
+        assert restored.num_virtual_tokens == positions, name
+        assert "any" in cls.default_lrs, name
