@@ -57,9 +57,27 @@ def server_state(request: Request) -> ServerState:
 State = Annotated[ServerState, Depends(server_state)]
 
 
-def require_admin(request: Request, state: State) -> None:
+def _registry(state: State) -> PromptRegistry:
+    return state.registry
+
+
+def _engine(state: State) -> Engine:
+    return state.engine
+
+
+def _settings(state: State) -> ServeSettings:
+    return state.settings
+
+
+# What a route that needs only one part of the state declares (FastAPI resolves each once per request).
+Registry = Annotated[PromptRegistry, Depends(_registry)]
+EngineDep = Annotated[Engine, Depends(_engine)]
+Settings = Annotated[ServeSettings, Depends(_settings)]
+
+
+def require_admin(request: Request, settings: Settings) -> None:
     """The admin routes' guard: off (404) without a server token, 401 without the right bearer token."""
-    token = state.settings.admin_token
+    token = settings.admin_token
     if token is None:
         raise APIError(404, "admin routes are off: start the server with an admin token to use them",
                        "not_found_error")

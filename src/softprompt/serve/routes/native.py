@@ -10,7 +10,7 @@ from ...tasks.readers import Example
 from .. import protocol as p
 from ..errors import APIError
 from ..registry import ServedPrompt, prediction
-from ..state import ServerState, State, served_for, wait_for
+from ..state import Registry, ServerState, State, served_for, wait_for
 from . import ERRORS
 
 router = APIRouter(tags=["native"])
@@ -61,9 +61,8 @@ async def tag(body: p.TagRequest, request: Request, state: State):
 
 
 @router.get("/v1/prompts", response_model=p.PromptList)
-async def prompts(state: State):
+async def prompts(registry: Registry):
     """Every loaded prompt: method, task kind, labels, size and the metrics it was saved with."""
-    registry = state.registry
     return p.PromptList(base_model=registry.base.name, data=[p.PromptInfo(**s.describe()) for s in registry.all()])
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from ...errors import SoftpromptError
 from .. import protocol as p
 from ..completions import complete
-from ..state import State, served_for
+from ..state import Registry, State, served_for
 from . import STREAMING
 
 router = APIRouter(tags=["openai"])
@@ -38,6 +38,6 @@ async def chat_completions(body: p.ChatCompletionRequest, request: Request, stat
 
 
 @router.get("/v1/models", response_model=p.ModelList)
-async def models(state: State):
+async def models(registry: Registry):
     now = int(time.time())
-    return p.ModelList(data=[p.ModelCard(id=name, created=now) for name in state.registry.names()])
+    return p.ModelList(data=[p.ModelCard(id=name, created=now) for name in registry.names()])

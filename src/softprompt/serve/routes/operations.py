@@ -8,14 +8,13 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from .. import protocol as p
-from ..state import State
+from ..state import EngineDep, Registry, State
 
 router = APIRouter()
 
 
 @router.get("/health", response_model=p.Health, tags=["operations"])
-async def health(state: State):
-    registry, engine = state.registry, state.engine
+async def health(state: State, registry: Registry, engine: EngineDep):
     return p.Health(status="draining" if state.draining else "ok", base_model=registry.base.name,
                     prompts=len(registry.names()), queue_depth=engine.queue_depth(), running_rows=engine.running())
 
