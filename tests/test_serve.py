@@ -69,10 +69,10 @@ def live(prompt_files):
 def _alone(registry, name, text, params=None):
     """What the engine answers for one request alone (nothing else in flight)."""
     served = registry.get(name)
-    if served.kind == "classification":
+    if "/v1/classify" in served.task.routes:
         item = served.task.prepare(Example(text))
         return prediction(served, registry.engine.submit_score(served.entry, item).result()).probabilities
-    return registry.engine.submit_generate(served.entry, served.row(text), params).result().text
+    return registry.engine.submit_generate(served.entry, served.task.prompt_row(text), params).result().text
 
 
 def test_the_openai_client_gets_completions_chat_completions_and_streams(live):
@@ -150,7 +150,7 @@ def test_two_hundred_concurrent_requests_get_their_answers_alone(live):
 
     def call(name, text):
         with httpx.Client(timeout=120) as client:
-            if registry.get(name).kind == "classification":
+            if "/v1/classify" in registry.get(name).task.routes:
                 body = client.post(f"{live.url}/v1/classify", json={"model": name, "input": text}).json()
                 return body["data"][0]["probabilities"]
             body = client.post(f"{live.url}/v1/completions",

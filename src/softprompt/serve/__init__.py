@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ArtifactError, ConfigError
-from .app import APIError, ServeSettings, create_app
+from .app import create_app
+from .errors import APIError
 from .registry import PromptNotFound, PromptRegistry, ServedPrompt, read_prompt_list
+from .state import ServeSettings
 
 __all__ = ["APIError", "PromptNotFound", "PromptRegistry", "ServeSettings", "ServedPrompt", "build_registry",
            "create_app", "demo_prompt", "run"]

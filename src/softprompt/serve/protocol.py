@@ -4,13 +4,19 @@ from them, and validation errors come from them).
 The OpenAI-compatible routes follow OpenAI's field names and defaults (temperature 1, max_tokens 16);
 `model` names a loaded prompt. top_k and repetition_penalty are accepted as vLLM accepts them.
 Fields OpenAI has and softprompt does not implement are refused when set, never silently ignored.
+The request models say what they ask of the engine (to_sampling_params); the stream chunks are typed
+as the responses are.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
+
+from ..engine import SamplingParams
+from ..errors import SoftpromptError
+from .errors import APIError
 
 
 class _Request(BaseModel):
@@ -35,12 +41,50 @@ class _Sampling(_Request):
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
 
+    # each unimplemented field and the values that ask nothing of it (any other value is refused)
+    _unsupported: ClassVar[dict[str, tuple]] = {"logprobs": (None, 0), "presence_penalty": (None, 0),
+                                                "frequency_penalty": (None, 0), "logit_bias": (None, {})}
+
+    def _new_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def to_sampling_params(self, max_tokens_limit: int) -> SamplingParams:
+        """How the engine decodes this request; APIError (400, naming the field) for a field softprompt
+        does not implement, more than 4 stop strings, or max_tokens over the server's limit."""
+        for name, harmless in self._unsupported.items():
+            if getattr(self, name) not in harmless:
+                raise APIError(400, f"{name} is not supported by softprompt serve", param=name, code="unsupported")
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stop) > 4 or any(not s for s in stop):
+            raise APIError(400, "stop takes at most 4 non-empty strings", param="stop")
+        tokens = self._new_tokens()
+        tokens = tokens if tokens is not None else 16  # OpenAI's default
+        if tokens > max_tokens_limit:
+            raise APIError(400, f"max_tokens={tokens} is over this server's limit of {max_tokens_limit}",
+                           param="max_tokens")
+        try:
+            return SamplingParams(max_new_tokens=tokens, temperature=self.temperature, top_p=self.top_p,
+                                  top_k=self.top_k, repetition_penalty=self.repetition_penalty, seed=self.seed,
+                                  stop=tuple(stop))
+        except SoftpromptError as exc:
+            raise APIError(400, str(exc)) from None
+
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str]] = Field(description="The input text (or several): it fills the prompt's template.")
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)
+
+    _unsupported: ClassVar[dict[str, tuple]] = {**_Sampling._unsupported, "echo": (False,), "suffix": (None,),
+                                                "best_of": (None, 1)}
+
+    def texts(self) -> list[str]:
+        """The input texts (one choice set each)."""
+        texts = [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+        if not texts:
+            raise APIError(400, "prompt must not be an empty list", param="prompt")
+        return texts
 
 
 class ChatMessage(_Request):
@@ -52,6 +96,13 @@ class ChatMessage(_Request):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+
+    def _new_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def turns(self) -> list[dict[str, str]]:
+        """The conversation as chat-template turns ({role, content}; OpenAI's developer role is the system's)."""
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in self.messages]
 
 
 class CompletionChoice(BaseModel):
@@ -95,6 +146,48 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+
+
+# ---- stream chunks: one server-sent event each, as OpenAI streams them ------------------------------
+class CompletionStreamChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class CompletionChunk(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionStreamChoice]
+
+
+class ChatDelta(BaseModel):
+    """What a chunk adds to the message: the role in the first chunk, then text; {} in the last."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _present(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}  # OpenAI leaves out what is unset
+
+
+class ChatStreamChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatStreamChoice]
 
 
 class ModelCard(BaseModel):

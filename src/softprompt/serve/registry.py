@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..api import LoadedPrompt, Prediction, build_task, load_prompt
+from ..api import LoadedPrompt, Prediction, load_prompt
 from ..engine import Engine, EnginePrompt
 from ..errors import ConfigError, DataError
 from ..models import BaseModel, ModelKind
+from ..tasks.generation import GenerationTask
 from ..tasks.runner import TaskPrompt, register_units
-from ..templates import TemplateRenderer
 
 
 class PromptNotFound(DataError):
@@ -44,11 +44,6 @@ class ServedPrompt:
         return self.unit.task
 
     @property
-    def is_base(self) -> bool:
-        """The base model itself, no prompt, its input as written (add_base)."""
-        return self.unit.method is None and self.source == BASE_SOURCE
-
-    @property
     def kind(self) -> str:
         return self.unit.task.kind
 
@@ -73,22 +68,6 @@ class ServedPrompt:
         return {"name": self.name, "method": self.method, "kind": self.kind, "view": self.task.view, "labels": self.labels,
                 "parameters": self.parameters, "bytes": self.bytes, "metrics": self.metrics, "source": self.source,
                 "template": self.template}
-
-    def row(self, text: str, text_b: str | None = None) -> tuple[int, ...]:
-        """The input row of a generation prompt for a text; DataError when the text does not fit its
-        template's max_length (the template would have to shorten it: an API caller should know)."""
-        from ..tasks.readers import Example
-
-        task = self.unit.task
-        example = Example(text, text_b, None, "input")
-        item = task.prepare(example)
-        full = TemplateRenderer(task.template, task.tokenizer, task.info.kind, 10**9)
-        values = {"text": text, **({"text_b": text_b} if text_b is not None else {})}
-        whole = full.render(values, task.n_prefix, where="input").ids
-        if len(whole) > len(item.prefix):
-            raise DataError(f"input of {len(whole)} tokens (with the template) is over the {task.config.max_length} "
-                            f"tokens prompt {self.name!r} takes (its task.max_length)")
-        return item.prefix
 
 
 def prediction(served: ServedPrompt, logits) -> Prediction:
@@ -165,10 +144,7 @@ class PromptRegistry:
         completions (causal LMs and encoder-decoders)."""
         if self.base.info.kind is ModelKind.ENCODER:
             raise ConfigError("an encoder has no completions to serve without a prompt")
-        limit = getattr(self.base.model.config, "max_position_embeddings", None) or 2048
-        template = "{text}{mask}" if self.base.info.kind is ModelKind.CAUSAL else "{text}"
-        task = build_task({"kind": "generation", "template": template, "max_length": int(min(limit, 8192))},
-                          self.base, [], 0)
+        task = GenerationTask.for_base(self.base)
         return self._register(self.base.name, TaskPrompt(self.base.name, None, task), "none", BASE_SOURCE, 0, {})
 
     def remove(self, name: str) -> None:

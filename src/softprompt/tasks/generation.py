@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..engine import SamplingParams
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models import ModelKind
 from ..templates import TemplateRenderer, parse_template
 from .kinds import Prediction, TaskDefaults, register_task_kind
@@ -185,3 +185,54 @@ class GenerationTask(nn.Module, TaskDefaults):
 
     def load_export(self, tensors) -> None:
         return None
+
+    # ---- serving: the input row of one request -------------------------------------------------
+    # The base model served under its own name takes a conversation in its chat template; a trained
+    # prompt takes the one input its template was trained on (for_base sets this).
+    takes_conversation = False
+
+    @classmethod
+    def for_base(cls, base) -> "GenerationTask":
+        """The base model's own task, no prompt: its input as written (causal LMs and encoder-decoders),
+        up to the model's positions (8192 at most)."""
+        limit = getattr(base.model.config, "max_position_embeddings", None) or 2048
+        template = "{text}{mask}" if base.info.kind is ModelKind.CAUSAL else "{text}"
+        task = cls(GenerationConfig(template=template, max_length=int(min(limit, 8192))), base, [], 0)
+        task.takes_conversation = True
+        return task
+
+    def prompt_row(self, text: str, text_b: str | None = None) -> tuple[int, ...]:
+        """The input row for a text; InputTooLong when it does not fit max_length with the template
+        (prepare would shorten it, as training does, but a caller asking for this text should know)."""
+        values = {"text": text, **({"text_b": text_b} if text_b is not None else {})}
+        whole = TemplateRenderer(self.template, self.tokenizer, self.info.kind, 10**9).render(
+            values, self.n_prefix, where="input").ids
+        if len(whole) > self.config.max_length:
+            raise InputTooLong(f"input of {len(whole)} tokens (with the template) is over the {self.config.max_length} "
+                               "tokens the prompt takes (its task.max_length)", len(whole), self.config.max_length)
+        return whole
+
+    def chat_input(self, turns: Sequence[dict]) -> str:
+        """The text a chat conversation ({role, content} turns) gives the template.
+
+        A trained prompt saw one input filling its template, so it takes the last user message (the
+        chat template around it would be text it never saw); the base model's own task takes the whole
+        conversation in the tokenizer's chat template with the assistant's turn opened (role lines when
+        it has none)."""
+        if not self.takes_conversation:
+            users = [t["content"] for t in turns if t["role"] == "user"]
+            if not users:
+                raise DataError("the prompt takes the last user message as its input; "
+                                "the messages have no user message")
+            return users[-1]
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(list(turns), add_generation_prompt=True, tokenize=False)
+        return "".join(f"{t['role']}: {t['content']}\n" for t in turns) + "assistant:"
+
+
+class InputTooLong(DataError):
+    """An input longer than a prompt or the model takes (the server answers context_length_exceeded)."""
+
+    def __init__(self, message: str, tokens: int, limit: int):
+        super().__init__(message)
+        self.tokens, self.limit = tokens, limit

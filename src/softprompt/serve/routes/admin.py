@@ -1,0 +1,46 @@
+"""Admin routes (bearer token; off without one): load a prompt under a name, stop serving one."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Request
+
+from ...errors import SoftpromptError
+from .. import protocol as p
+from ..errors import APIError
+from ..registry import PromptNotFound
+from ..state import State, require_admin
+from . import ERRORS
+
+router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+@router.post("/admin/prompts", response_model=p.PromptInfo, responses=ERRORS)
+async def load(body: p.LoadPromptRequest, request: Request, state: State):
+    """Load a prompt (a file on the server, or a library reference) under a name; a file that fails
+    its checks is refused and the prompts already served are untouched."""
+    if (body.path is None) == (body.library is None):
+        raise APIError(400, "give exactly one of path and library", param="path")
+    request.state.prompt = None
+    registry = state.registry
+    try:
+        if body.path is not None:
+            served = await asyncio.to_thread(registry.add_file, body.name, body.path)
+        else:
+            served = await asyncio.to_thread(registry.add_library, body.library, body.name)
+    except SoftpromptError as exc:
+        raise state.refuse(exc, "path" if body.path else "library") from None
+    state.metrics.prompts_changed()
+    return p.PromptInfo(**served.describe())
+
+
+@router.delete("/admin/prompts/{name}", responses=ERRORS)
+async def unload(name: str, state: State):
+    """Stop serving a prompt (requests already running finish with it)."""
+    try:
+        state.registry.remove(name)
+    except PromptNotFound as exc:
+        raise state.refuse(exc, "name") from None
+    state.metrics.prompts_changed()
+    return {"deleted": name}
