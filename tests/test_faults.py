@@ -2,8 +2,10 @@
 during an artifact save or a library add never leaves a partial file where a reader looks, nor harms
 the previous one; a full disk is one clear ArtifactError and loses nothing.
 
-The 20-trial training run is marked `faults` and runs only when selected (`pytest -m faults
-tests/test_faults.py`); the default run does 3 trials.
+Each kill lands at a seeded moment after a given checkpoint is on disk, so the trials cover every
+stage of a run however fast the machine is, and a resume must run exactly the steps after the
+checkpoint it found. The 20-trial training run is marked `faults` and runs only when selected
+(`pytest -m faults tests/test_faults.py`); the default run does 3 trials.
 """
 
 import errno
@@ -58,14 +60,18 @@ def one_thread():
 
 
 def train_here(config, resume=False):
-    """api.train in this process (on one thread), returning the final prompt's tensors."""
+    """api.train in this process (on one thread): the final prompt's tensors and the steps it ran."""
+    steps = []
     with one_thread():
-        result = api.train(config, resume=resume, progress=False, log=lambda line: None)
-    return PromptArtifact.load(result.artifact).tensors
+        result = api.train(config, resume=resume, progress=False, on_step=steps.append, log=lambda line: None)
+    return PromptArtifact.load(result.artifact).tensors, steps
+
+
+STEPS = 16  # a checkpoint every 2 steps, the newest 2 kept
 
 
 def training_config(tmp_path, output):
-    config = run_config(tmp_path, steps=16, eval_every=4, checkpoint_every=2, log_every=2, keep_checkpoints=2)
+    config = run_config(tmp_path, steps=STEPS, eval_every=4, checkpoint_every=2, log_every=2, keep_checkpoints=2)
     config["output"] = str(output)
     return config
 
@@ -78,12 +84,22 @@ def launch(config):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def kill_during(proc, delay):
-    """Let a launched run train for delay seconds, then kill -9 it; True when it was still running."""
+def checkpoint_step(output):
+    found = latest_checkpoint(output)
+    return int(found.name.split("-")[1]) if found else 0
+
+
+def kill_after(proc, output, step, delay):
+    """Let a launched run train until it has written the checkpoint of step (0: none needed), delay
+    seconds more, then kill -9 it; True when it was still running to be killed."""
     line = proc.stdout.readline()
     assert line.strip() == "READY", (line, proc.stderr.read())
     proc.stdin.write("go\n")
     proc.stdin.flush()
+    deadline = time.monotonic() + 300
+    while checkpoint_step(output) < step and proc.poll() is None:
+        assert time.monotonic() < deadline, f"no checkpoint of step {step} in 300 s"
+        time.sleep(0.002)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -92,60 +108,68 @@ def kill_during(proc, delay):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted run: its final prompt and how long a warm run takes (the window for the kills)."""
+    """An uninterrupted run: its final prompt and how long a warm run takes (to spread the kills)."""
     tmp = tmp_path_factory.mktemp("faults")
-    tensors = train_here(training_config(tmp, tmp / "runs" / "reference"))
+    tensors, steps = train_here(training_config(tmp, tmp / "runs" / "reference"))
+    assert steps == list(range(1, STEPS + 1))
     started = time.perf_counter()
-    again = train_here(training_config(tmp, tmp / "runs" / "again"))
+    again, _ = train_here(training_config(tmp, tmp / "runs" / "again"))
     seconds = time.perf_counter() - started
     assert all(torch.equal(again[k], tensors[k]) for k in tensors)  # the run itself is deterministic
     return tmp, tensors, seconds
 
 
-def kill_and_resume(reference, trials):
-    """Each trial: kill -9 a run at a random moment, resume it here, and compare with the reference;
-    returns the step each resume started from (0: killed before the first checkpoint)."""
+def kill_and_resume(reference, plan):
+    """Each trial (name, step): kill -9 a run at a seeded moment after its checkpoint of step is on disk
+    (step 0: anywhere in the first checkpoint's interval), resume it here, and require the resume to
+    run exactly the steps after the checkpoint it found and to end at the reference prompt, tensor for
+    tensor. Returns the step each resume started from."""
     tmp, expected, seconds = reference
-    configs = [training_config(tmp, tmp / "runs" / f"trial-{t}") for t in trials]
+    configs = [training_config(tmp, tmp / "runs" / f"trial-{trial}") for trial, _ in plan]
     procs = {0: launch(configs[0])}
     resumed_from = []
-    for i, (trial, config) in enumerate(zip(trials, configs)):
+    for i, ((trial, step), config) in enumerate(zip(plan, configs)):
         if i + 1 < len(configs):
             procs[i + 1] = launch(configs[i + 1])  # importing while this trial is killed and resumed
-        delay = random.Random(trial).uniform(0.0, seconds)
-        while not kill_during(procs.pop(i), delay):
-            delay /= 2  # it finished first (a busy machine is slower or faster): kill it earlier
-            shutil.rmtree(config["output"])
-            procs[i] = launch(config)
         output = Path(config["output"])
-        checkpoint = latest_checkpoint(output)
-        resumed_from.append(int(checkpoint.name.split("-")[1]) if checkpoint else 0)
+        delay = random.Random(trial).uniform(0.0, 2 * seconds / STEPS)  # within one checkpoint interval
+        while not kill_after(procs.pop(i), output, step, delay):
+            # it finished first (a busy machine is slower or faster): kill it at the checkpoint, then one earlier
+            step, delay = (step, 0.0) if delay else (max(step - 2, 0), 0.0)
+            shutil.rmtree(output)
+            procs[i] = launch(config)
+        start = checkpoint_step(output)
+        assert start >= step, f"trial {trial}: killed after the checkpoint of step {step}, found step {start}"
+        resumed_from.append(start)
         # What a reader finds after the kill is whole: the best prompt so far, the latest checkpoint.
         for name in ("best.safetensors", "prompt.safetensors"):
             if (output / name).exists():
                 PromptArtifact.load(output / name)
-        got = train_here(config, resume=True)
+        got, steps = train_here(config, resume=True)
+        assert steps == list(range(start + 1, STEPS + 1)), f"trial {trial}: resumed from step {start}, ran {steps}"
         assert got.keys() == expected.keys()
         for name in expected:
             assert torch.equal(got[name], expected[name]), f"trial {trial}: {name} differs after kill -9 and resume"
-    print(f"\n{len(trials)} trials killed mid-run, resumed from steps {resumed_from}, each bit-identical")
+    print(f"\n{len(plan)} trials killed mid-run, resumed from steps {resumed_from}, each bit-identical")
     return resumed_from
 
 
 def test_kill_9_then_resume_is_bit_identical_3_trials(reference):
-    # kill_and_resume asserts each resumed prompt equals the uninterrupted run's, tensor for tensor
-    resumed_from = kill_and_resume(reference, range(3))
-    assert len(resumed_from) == 3 and all(step >= 0 for step in resumed_from)
+    # Killed in the first checkpoint interval, mid-run and near the end: two resume from a real checkpoint.
+    resumed_from = kill_and_resume(reference, [(0, 0), (1, 6), (2, 12)])
+    assert resumed_from[1] >= 6 and resumed_from[2] >= 12, resumed_from
 
 
 @pytest.mark.faults
 def test_kill_9_then_resume_is_bit_identical_20_trials(reference, request):
     if "faults" not in request.config.getoption("markexpr"):
         pytest.skip("20 trials take minutes: run them with pytest -m faults")
-    resumed_from = kill_and_resume(reference, range(100, 120))
-    # Kills land at all stages: before the first checkpoint, mid-training, after the last (during the
-    # final evaluation and save); at least a quarter must have left a checkpoint to resume from.
-    assert sum(step > 0 for step in resumed_from) >= 5, resumed_from
+    # Kills after each checkpoint in turn (steps 0, 2, ..., 14, then again), each at a seeded moment of the
+    # interval that follows; the count no longer depends on how fast a loaded machine runs.
+    plan = [(trial, 2 * (trial % 8)) for trial in range(100, 120)]
+    resumed_from = kill_and_resume(reference, plan)
+    assert all(start >= step for start, (_, step) in zip(resumed_from, plan)), resumed_from
+    assert sum(start > 0 for start in resumed_from) >= 17, resumed_from
 
 
 # ------------------------------------------------------------------ kill -9 while a file is written

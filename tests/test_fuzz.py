@@ -2,6 +2,8 @@
 included), templates, run configs and overrides, artifact files, library names. Every case gives a
 result or a typed softprompt error of one line, naming the file (and line) where there is one; a
 case that crashes with another exception, runs past its time limit or swells the process fails.
+Refusing is not enough: each reader test must see some generated files read, and valid files written
+in every format must be read back row for row, so a reader that refuses every input fails.
 
 The default run generates about 1,000 cases. `pytest -m fuzz tests/test_fuzz.py` runs twelve times
 as many (over 10,000; SOFTPROMPT_FUZZ_SCALE sets the factor), with fresh random draws each time where
@@ -10,6 +12,8 @@ the default run's draws are fixed. The count is checked and printed when the mod
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import resource
@@ -48,9 +52,10 @@ pytestmark = pytest.mark.fuzz
 BUDGET = {
     "jsonl": 100, "delimited": 100, "line formats": 80, "any bytes": 100, "conll": 80,
     "template parse": 150, "template render": 60, "config file": 80, "overrides": 80, "config classes": 80,
-    "artifact metadata": 60, "artifact bytes": 60, "library names": 40,
+    "artifact metadata": 60, "artifact bytes": 60, "library names": 40, "valid files": 60,
 }
 CASE_SECONDS = 30  # far above any real case: only a hang reaches it
+READERS = ("jsonl", "delimited", "line formats", "any bytes", "conll", "valid files")  # cases of the data readers
 MAX_GROWTH_MB = 1024  # the whole module's peak memory may grow by this much at most
 
 
@@ -79,17 +84,20 @@ def fuzz(request):
     marked_run = "fuzz" in request.config.getoption("markexpr")
     scale = int(os.environ.get("SOFTPROMPT_FUZZ_SCALE", 12 if marked_run else 1))
     counts: Counter = Counter()
+    accepted: Counter = Counter({name: 0 for name in READERS})  # reader cases that gave examples, not an error
 
     def settings_for(name):
         return settings(max_examples=BUDGET[name] * scale, deadline=None, database=None,
                         derandomize=not marked_run, suppress_health_check=list(HealthCheck))
 
     settings_for.counts = counts
+    settings_for.accepted = accepted
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     yield settings_for
     growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
     total = sum(counts.values())
-    line = f"fuzz: {total:,} cases (scale {scale}): " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
+    line = f"fuzz: {total:,} cases (scale {scale}): " + ", ".join(
+        f"{k} {v:,}" + (f" ({accepted[k]:,} read)" if k in accepted else "") for k, v in sorted(counts.items()))
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled():
         print("\n" + line)
@@ -134,6 +142,10 @@ chunk = st.one_of(st.sampled_from(TRICKY), st.text(max_size=6))
 text_line = st.lists(chunk, max_size=8).map("".join)
 raw_bytes = st.binary(max_size=6)  # invalid UTF-8 among others
 raw_line = st.one_of(text_line.map(lambda t: t.encode("utf-8", "surrogatepass")), raw_bytes)
+# Words in any script of letters, digits, punctuation and symbols: nothing a reader strips or splits on.
+# Well-formed rows built of them are mixed into the damaged ones, so some generated files are valid.
+word = st.text(st.characters(categories=("L", "N", "P", "S")), min_size=1, max_size=8)
+clean_text = st.lists(word, min_size=1, max_size=6).map(" ".join)
 
 
 def file_of(lines):
@@ -144,19 +156,22 @@ json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), te
 json_value = st.recursive(json_scalar, lambda inner: st.lists(inner, max_size=3)
                           | st.dictionaries(text_line, inner, max_size=3), max_leaves=6)
 json_object = st.dictionaries(st.sampled_from(["text", "label", "text_b", "x"]) | text_line, json_value, max_size=5)
-jsonl_line = st.one_of(json_object.map(lambda o: json.dumps(o).encode()),
+jsonl_line = st.one_of(st.tuples(clean_text, word).map(lambda r: json.dumps({"text": r[0], "label": r[1]}).encode()),
+                       json_object.map(lambda o: json.dumps(o).encode()),
                        json_object.map(lambda o: json.dumps(o, ensure_ascii=False).encode("utf-8", "surrogatepass")),
                        raw_line)
 
 
 def check_examples(path, result):
+    """Examples read are well formed; True when there were any (False: the reader refused the file)."""
     if isinstance(result, SoftpromptError):
-        return
+        return False
     assert result, "read_examples returned no examples without an error"
     for ex in result:
         assert ex.text and ex.text == ex.text.strip() and "\ufeff" not in ex.text, ex
         assert ex.label is None or (ex.label and ex.label == ex.label.strip() and "\ufeff" not in ex.label), ex
         assert ex.source.startswith(f"{path}:"), ex
+    return True
 
 
 def read_any(path, **options):
@@ -167,7 +182,8 @@ def read_case(fuzz, name, path, content, **options):
     """One reader case: the file holds content; read_examples gives examples or a DataError naming it."""
     with case(fuzz, name):
         path.write_bytes(content)
-        check_examples(path, read_any(path, **options))
+        if check_examples(path, read_any(path, **options)):
+            fuzz.accepted[name] += 1
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +201,7 @@ def test_jsonl(fuzz, folder):
     run()
     # each case asserts inside (examples well formed, or one error line naming the file); all of them ran:
     assert fuzz.counts["jsonl"] > 0
+    assert fuzz.accepted["jsonl"] > 0, "the reader refused every generated file"
 
 
 def delimited_line(delimiter):
@@ -202,13 +219,17 @@ def test_delimited(fuzz, folder):
            st.data(), st.booleans())
     def run(fmt, header, data, skip_empty):
         delimiter = "," if fmt is DataFormat.CSV else "\t"
-        rows = data.draw(st.lists(st.one_of(delimited_line(delimiter), raw_line), max_size=10))
+        width = len(header.split(delimiter.encode()))
+        valid_row = st.lists(word, min_size=width, max_size=width).map(
+            lambda cells: delimiter.join(f'"{c.replace(chr(34), chr(34) * 2)}"' for c in cells).encode())
+        rows = data.draw(st.lists(st.one_of(valid_row, delimited_line(delimiter), raw_line), max_size=10))
         read_case(fuzz, "delimited", folder / f"data.{fmt.value}", b"\n".join([header, *rows]), format=fmt,
                   skip_empty=skip_empty)
 
     run()
     # each case asserts inside (examples well formed, or one error line naming the file); all of them ran:
     assert fuzz.counts["delimited"] > 0
+    assert fuzz.accepted["delimited"] > 0, "the reader refused every generated file"
 
 
 def test_line_formats(fuzz, folder):
@@ -222,6 +243,7 @@ def test_line_formats(fuzz, folder):
     run()
     # each case asserts inside (examples well formed, or one error line naming the file); all of them ran:
     assert fuzz.counts["line formats"] > 0
+    assert fuzz.accepted["line formats"] > 0, "the reader refused every generated file"
 
 
 def test_any_bytes_in_every_format(fuzz, folder):
@@ -234,6 +256,7 @@ def test_any_bytes_in_every_format(fuzz, folder):
     run()
     # each case asserts inside (examples well formed, or one error line naming the file); all of them ran:
     assert fuzz.counts["any bytes"] > 0
+    assert fuzz.accepted["any bytes"] > 0, "the reader refused every generated file"
 
 
 conll_line = st.one_of(
@@ -260,8 +283,56 @@ def test_conll(fuzz, folder):
                 assert sentence.tags is None or len(sentence.tags) == len(sentence.tokens), sentence
                 assert sentence.tags is not None or not require_tags
                 assert sentence.source.startswith(f"{path}:")
+            fuzz.accepted["conll"] += 1
 
     run()
+    assert fuzz.accepted["conll"] > 0, "the reader refused every generated file"
+
+
+# ------------------------------------------------------------------ valid files read back exactly
+
+VALID_FORMATS = [DataFormat.JSONL, DataFormat.CSV, DataFormat.TSV, DataFormat.LABEL_FIRST, DataFormat.TEXT]
+
+
+def valid_file(fmt, rows):
+    """What a user writes for rows [(text, label)] in fmt: quoted where the format quotes."""
+    if fmt in (DataFormat.CSV, DataFormat.TSV):
+        out = io.StringIO()
+        csv.writer(out, delimiter="," if fmt is DataFormat.CSV else "\t", lineterminator="\n").writerows(
+            [("text", "label"), *rows])
+        return out.getvalue()
+    if fmt is DataFormat.JSONL:
+        return "".join(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n" for text, label in rows)
+    if fmt is DataFormat.LABEL_FIRST:
+        return "".join(f"{label} {text}\n" for text, label in rows)
+    return "".join(text + "\n" for text, _ in rows)
+
+
+def test_valid_files_are_read_back_exactly(fuzz, folder):
+    # The cases above may all end in an error; these must all be read, row for row, in every format.
+    @fuzz("valid files")
+    @given(st.sampled_from(VALID_FORMATS), st.lists(st.tuples(clean_text, word), min_size=1, max_size=8),
+           st.lists(st.lists(st.tuples(word, word), min_size=1, max_size=5), min_size=1, max_size=4))
+    def run(fmt, rows, sentences):
+        with case(fuzz, "valid files"):
+            path = folder / f"valid.{fmt.value}"
+            path.write_text(valid_file(fmt, rows), encoding="utf-8")
+            labelled = fmt is not DataFormat.TEXT
+            got = read_any(path, format=fmt, require_label=labelled)
+            assert not isinstance(got, SoftpromptError), f"{fmt.value} refused a valid file: {got}"
+            assert [(ex.text, ex.label) for ex in got] == [(text, label if labelled else None) for text, label in rows]
+            assert [ex.source for ex in got] == [f"{path}:{i + 1 + (fmt in (DataFormat.CSV, DataFormat.TSV))}"
+                                                 for i in range(len(rows))]
+            conll = folder / "valid.conll"
+            conll.write_text("\n\n".join("\n".join(f"{token} {tag}" for token, tag in sentence)
+                                         for sentence in sentences) + "\n", encoding="utf-8")
+            read = read_token_examples(conll)
+            assert [(list(s.tokens), list(s.tags)) for s in read] == [
+                ([token for token, _ in sentence], [tag for _, tag in sentence]) for sentence in sentences]
+            fuzz.accepted["valid files"] += 1
+
+    run()
+    assert fuzz.accepted["valid files"] == fuzz.counts["valid files"] > 0
 
 
 # ------------------------------------------------------------------ templates

@@ -158,13 +158,23 @@ def test_ape_scores_proposals_and_keeps_the_best(gpt2, monkeypatch):
     assert result.best.source == "ape"
 
 
-def test_ape_proposals_from_a_real_generate_are_template_safe(gpt2):
-    words = {"pos": "good", "neg": "bad"}
-    try:
-        out = propose_instructions(gpt2, TRAIN, words, APEConfig(n_proposals=2, max_new_tokens=6), progress=False)
-    except DataError:
-        return  # a random model may write nothing usable; that is the clear error
-    assert out and all(isinstance(s, str) and "{" not in s for s in out)
+def test_ape_proposals_from_a_real_generate_are_template_safe(gpt2, monkeypatch):
+    # The seeded tiny model writes words for every draw, so this sees real proposals, never the DataError;
+    # the decoded text is wrapped in template syntax, which each proposal must lose.
+    decode = gpt2.tokenizer.decode
+    monkeypatch.setattr(gpt2.tokenizer, "decode", lambda *a, **k: "{text} [P*2] " + decode(*a, **k) + " {mask}")
+    out = propose_instructions(gpt2, TRAIN, WORDS, APEConfig(n_proposals=4, max_new_tokens=12), progress=False)
+    assert len(out) >= 2 and len(set(out)) == len(out), out
+    for instruction in out:
+        assert instruction == clean_instruction(instruction) and not set(instruction) & set("{}[]\n"), instruction
+        assert len(instruction.split()) >= 2 and instruction[0].isupper(), instruction
+        HardPrompt(f"{instruction} {{text}} : {{mask}}", WORDS)  # parses as a template's instruction
+
+
+def test_ape_says_so_when_the_model_writes_nothing(gpt2, monkeypatch):
+    monkeypatch.setattr(gpt2.model, "generate", lambda input_ids, **kwargs: input_ids)  # no new tokens
+    with pytest.raises(DataError, match=r"^APE: the model proposed no usable instruction"):
+        propose_instructions(gpt2, TRAIN, WORDS, APEConfig(n_proposals=2, max_new_tokens=6), progress=False)
 
 
 def test_clean_instruction():

@@ -10,22 +10,33 @@ from softprompt.engine import Engine
 from softprompt.serve import PromptRegistry, create_app
 from tiny import tiny_base
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (`make test` installs it where it can: scripts/browser.sh)")
+
+@pytest.fixture
+def browser_tools(missing_tool):
+    """Playwright's sync API and the chromium it drives; a skip when either is missing, a failure under CI=true."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        missing_tool("Debian's chromium", "apt-get install chromium (make test does: scripts/browser.sh)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing_tool("playwright", "pip install -e '.[dev]' (make test does)")
+    return sync_api, chromium
+
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def test_the_page_lists_prompts_classifies_a_text_and_streams_a_completion(tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
+def test_the_page_lists_prompts_classifies_a_text_and_streams_a_completion(tmp_path, browser_tools):
+    playwright, chromium = browser_tools
     base = tiny_base("llama")
     registry = PromptRegistry(base, Engine(base))
     registry.add_file("sentiment", make_prompt(base, tmp_path / "s.safetensors", METHODS["ptuning_v2"], SENTIMENT))
     registry.add_file("answers", make_prompt(base, tmp_path / "g.safetensors", METHODS["prompt_tuning"], GENERATION))
     expected = registry.engine  # the engine answers the page's requests; compare with the route directly
     with LiveServer(create_app(registry)) as server, playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = pw.chromium.launch(executable_path=chromium, args=FLAGS)
         try:
             page = browser.new_page()
             page.goto(server.url + "/")
