@@ -43,7 +43,7 @@ from softprompt.tasks.conll import read_token_examples
 from softprompt.tasks.readers import DataFormat, DataWarning, read_examples
 from softprompt.templates import TemplateRenderer, parse_template
 from softprompt.templates.grammar import source_of
-from softprompt.training.run import TASK_KINDS
+from softprompt.tasks.kinds import TASK_KINDS
 from tiny import tiny_base, tiny_tokenizer
 
 pytestmark = pytest.mark.fuzz
