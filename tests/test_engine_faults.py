@@ -31,7 +31,8 @@ def test_out_of_memory_admitting_new_rows_fails_only_those_rows():
     with engine:
         alone = engine.submit_generate("p", rows[0], LONG).result().token_ids
         running = engine.submit_generate("p", rows[0], LONG, stream=True)
-        next(iter(running))  # decoding in the slots
+        pieces = iter(running)
+        next(pieces), next(pieces)  # the second piece comes from a decoding step: its rows are in the slots
         slots = engine._slots
         admit = slots.admit
 
@@ -246,3 +247,23 @@ def test_every_request_ends_in_one_final_state():
         assert cancelled.result(timeout=30).finish_reason == "cancelled"
     assert RequestState.CANCELLED.is_finished() and not RequestState.RUNNING.is_finished()
     assert not engine.scheduler._running and engine.queue_depth() == 0
+
+
+def test_while_rows_decode_a_pass_takes_at_most_max_step_rows():
+    engine, rows = _gen_engine(max_batch_rows=4, max_step_rows=2)
+    passes = []
+    engine.add_hook("pass", lambda kind, n, tokens: passes.append((kind, n)))
+    with engine:
+        for h in engine.submit_generates([("p", rows[i % 5], SHORT) for i in range(6)]):
+            h.result(timeout=30)
+        idle = [n for kind, n in passes if kind == "prefill"]
+        passes.clear()
+        running = engine.submit_generate("p", rows[0], LONG, stream=True)
+        next(iter(running))
+        handles = engine.submit_generates([("p", rows[i % 5], SHORT) for i in range(6)])
+        for h in handles:
+            h.result(timeout=30)
+        busy = [n for kind, n in passes if kind == "prefill"][1:]  # after the long one's own pass
+        running.result(timeout=30)
+    assert idle[0] == 4  # idle: the whole rows cap
+    assert busy and max(busy) <= 2 and sum(busy) == 6
