@@ -70,15 +70,13 @@ class Engine:
 
     max_batch_rows / max_batch_tokens cap one pass over new rows (tokens counted with padding);
     max_running caps the generation rows decoded together; max_queue caps requests waiting to start
-    (0: no cap; past it, submit raises EngineBusy). max_step_rows caps a pass over new rows while
-    generation rows are decoding, so that each of their steps is not held up by a long pass (None:
-    half of max_batch_rows; why, in scheduler.py).
+    (0: no cap; past it, submit raises EngineBusy). Requests start in the order they were submitted
+    (why, in scheduler.py).
     """
 
     def __init__(self, base: BaseModel | PromptedModel, *, max_batch_rows: int = 32, max_batch_tokens: int = 16384,
                  max_running: int = 64, max_queue: int = 0, compile_prompts: bool = True,
-                 cuda_graphs: bool | None = None, compile_decoding: bool | None = None,
-                 max_step_rows: int | None = None):
+                 cuda_graphs: bool | None = None, compile_decoding: bool | None = None):
         self.pm = base if isinstance(base, PromptedModel) else PromptedModel(base)
         self.base = self.pm.base
         self.tokenizer = self.base.tokenizer
@@ -86,7 +84,6 @@ class Engine:
         self.max_batch_tokens = max(1, int(max_batch_tokens))
         self.max_running = max(1, int(max_running))
         self.max_queue = int(max_queue)
-        self.max_step_rows = max(1, int(max_step_rows if max_step_rows is not None else self.max_batch_rows // 2))
         self.compile_prompts = compile_prompts and can_compile(self.pm)
         # A base sharded over processes gathers each block's weights in collectives: no graph captures
         # them, and no_grad, not inference_mode, since FSDP reuses its gather buffers for training.
@@ -101,8 +98,7 @@ class Engine:
         self._hooks: dict[str, list[Callable]] = {"pass": [], "admit": []}
         info = self.pm.info
         slot_path = info.kind is ModelKind.CAUSAL and info.position_ids == "absolute" and can_compile(self.pm)
-        self.scheduler = Scheduler(self.max_batch_rows, self.max_batch_tokens, self.max_running, self.max_queue,
-                                   self.max_step_rows)
+        self.scheduler = Scheduler(self.max_batch_rows, self.max_batch_tokens, self.max_running, self.max_queue)
         self.runner = Runner(self.pm, self.scheduler.finish, self._call_hooks, self.stats, slot_path=slot_path,
                              compile_prompts=self.compile_prompts, cuda_graphs=False if sharded else cuda_graphs,
                              compile_decoding=False if sharded else compile_decoding)
@@ -255,8 +251,7 @@ class Engine:
 
     def _iteration(self) -> None:
         runner = self.runner
-        decoding = runner.running()
-        plan = self.scheduler.schedule(self.max_running - decoding, decoding, runner.slot_path)
+        plan = self.scheduler.schedule(self.max_running - runner.running(), runner.slot_path)
         if self._hooks["admit"] and plan:
             now = time.monotonic()
             for request in plan.prefill + plan.cohort:

@@ -5,20 +5,18 @@ now) and tells it when a request ends (`finish`, the one place a request reaches
 The queue and the set of running requests are read and written under one lock, so the queue cap
 (EngineBusy) and `depth()` never miss requests on their way in.
 
-The policy, in order of age (the order of submission; one submit call's requests are contiguous):
+The policy is age order (the order of submission; one submit call's requests are contiguous): a
+request starts only once every older one has started.
 - A pass over new rows takes waiting requests oldest first while its caps on rows and padded
-  tokens allow; the first request that does not fit ends the pass: no younger request overtakes it.
-- A generation request also needs decoding rows free (max_running). One that finds too few
-  reserves them: no younger generation takes decoding rows before it, so the rows it waits for
-  are freed within the longest remaining token budget of those decoding. Scoring requests, which
-  hold no decoding rows, go on joining passes meanwhile: they cannot delay it.
-- While rows are decoding, a pass over new rows takes at most `step_rows` rows (at least one
-  request): every iteration runs one pass and then one decoding step, so a generation of N tokens
-  lives through N passes, and on a CPU, where a pass costs in proportion to its rows, its time is
-  N x (rows per pass) x (cost of a row). In a closed loop of C clients that is N x rows / C times the
-  FIFO wait (C / throughput): with 200 clients, 16 new tokens and passes of 32 rows, 2.6x, which
-  left generations waiting past 3x FIFO; half the rows halves it, for one more decoding step per
-  16 new rows (a few per cent of throughput).
+  tokens allow; the first request that does not fit ends the pass.
+- A generation request also needs decoding rows free (max_running). One that finds too few ends
+  the pass too, and waits at the head of the queue: the rows it needs are freed within the longest
+  remaining token budget of those decoding, so it waits a bounded number of steps, and everyone
+  behind it with it. Letting younger requests past it is what starved generation before: scoring
+  rows need no decoding rows, so under load they joined every pass while generation requests,
+  waiting for rows, were overtaken again and again (200 closed-loop clients: scoring answered in
+  seconds, generation in over a minute, past 3x the FIFO wait). Holding them back costs no
+  throughput while decoding rows stay full, which they do while generation requests wait.
 Nothing here reads a clock: the passes that requests queued together form depend only on the
 queue's contents, which is what makes results independent of submission timing.
 """
@@ -57,13 +55,11 @@ class Plan:
 class Scheduler:
     """The queue and the admission policy of one engine (see the module docstring)."""
 
-    def __init__(self, max_batch_rows: int, max_batch_tokens: int, max_running: int, max_queue: int,
-                 step_rows: int):
+    def __init__(self, max_batch_rows: int, max_batch_tokens: int, max_running: int, max_queue: int):
         self.max_batch_rows = max_batch_rows
         self.max_batch_tokens = max_batch_tokens
         self.max_running = max_running
         self.max_queue = max_queue
-        self.step_rows = step_rows
         self.lock = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._running: set[Request] = set()  # admitted and not yet final
@@ -102,49 +98,38 @@ class Scheduler:
                 self.lock.wait()
             return True
 
-    def schedule(self, free_rows: int, decoding: int, slot_path: bool) -> Plan:
-        """The requests that start now (see the module docstring), moved from waiting to running.
-        free_rows: decoding rows free; decoding: rows decoding now; slot_path: generation joins the
-        pass over new rows (else it forms a cohort of its own)."""
+    def schedule(self, free_rows: int, slot_path: bool) -> Plan:
+        """The requests that start now, oldest first (see the module docstring), moved from waiting to
+        running. free_rows: decoding rows free; slot_path: generation joins the pass over new rows
+        (else it forms a cohort of its own)."""
         plan = Plan()
-        row_cap = min(self.max_batch_rows, self.step_rows) if decoding else self.max_batch_rows
         rows = width = cohort_rows = 0
-        reserved = False  # an older generation waits for decoding rows: younger ones may not take them
-        kept: deque[Request] = deque()
         cancelled = []
         with self.lock:
             while self._waiting:
-                request = self._waiting.popleft()
+                request = self._waiting[0]
                 if request.cancelled:
+                    self._waiting.popleft()
                     self._end(request, RequestState.CANCELLED)
                     cancelled.append(request)
                     continue
                 need = request.slot_rows
-                # more rows than max_running at all: it runs when nothing else decodes, or never would
-                short = need > free_rows and free_rows < self.max_running
-                if request.generates and (reserved or short):
-                    reserved = True
-                    kept.append(request)
-                    continue
+                # one needing more rows than max_running at all runs when nothing else decodes
+                if need > free_rows and free_rows < self.max_running:
+                    break
                 if request.generates and not slot_path:
-                    if cohort_rows + need > self.max_batch_rows:
-                        reserved = True
-                        kept.append(request)
-                        continue
+                    if plan.cohort and cohort_rows + need > self.max_batch_rows:
+                        break
                     plan.cohort.append(request)
                     cohort_rows += need
-                    free_rows -= need
-                    continue
-                n, wide = len(request.rows), max(width, request.length)
-                if plan.prefill and (rows + n > row_cap or wide * (rows + n) > self.max_batch_tokens):
-                    kept.append(request)
-                    break  # the first that does not fit ends the pass: nobody younger overtakes it
-                plan.prefill.append(request)
-                rows, width = rows + n, wide
+                else:
+                    n, wide = len(request.rows), max(width, request.length)
+                    if plan.prefill and (rows + n > self.max_batch_rows or wide * (rows + n) > self.max_batch_tokens):
+                        break
+                    plan.prefill.append(request)
+                    rows, width = rows + n, wide
                 free_rows -= need
-            kept.extend(self._waiting)
-            self._waiting = kept
-            for request in plan.prefill + plan.cohort:
+                self._waiting.popleft()
                 request.state = RequestState.RUNNING
                 self._running.add(request)
         for request in cancelled:
