@@ -37,7 +37,7 @@ from ..core.compiled import CompiledPrompt, can_compile
 from ..errors import DataError, SoftpromptError
 from ..models import BaseModel, ModelKind
 from .requests import GenerationHandle, GenerationResult, Request, RequestState
-from .runner import _UNSET, Runner
+from .runner import NOT_COMPILED, Runner
 from .sampling import SamplingParams
 from .scheduler import EngineBusy, EngineClosed, Scheduler
 
@@ -58,7 +58,7 @@ class EnginePrompt:
     task: object | None = None
     fixed_start: tuple[int, ...] | None = None
     eos_id: int | None = None
-    compiled: object = _UNSET  # CompiledPrompt | None once computed (by the worker, at first use)
+    compiled: object = NOT_COMPILED  # CompiledPrompt | None once computed (by the worker, at first use)
     meta: dict = field(default_factory=dict)
     # Contextual calibration (a classification task with calibrate on): the label probabilities this
     # prompt gives content-free inputs; every score it returns is divided by them.
@@ -98,7 +98,8 @@ class Engine:
         self._hooks: dict[str, list[Callable]] = {"pass": [], "admit": []}
         info = self.pm.info
         slot_path = info.kind is ModelKind.CAUSAL and info.position_ids == "absolute" and can_compile(self.pm)
-        self.scheduler = Scheduler(self.max_batch_rows, self.max_batch_tokens, self.max_running, self.max_queue)
+        self.scheduler = Scheduler(self.max_batch_rows, self.max_batch_tokens, self.max_running, self.max_queue,
+                                   self.stats)
         self.runner = Runner(self.pm, self.scheduler.finish, self._call_hooks, self.stats, slot_path=slot_path,
                              compile_prompts=self.compile_prompts, cuda_graphs=False if sharded else cuda_graphs,
                              compile_decoding=False if sharded else compile_decoding)
@@ -206,7 +207,6 @@ class Engine:
 
     def _put(self, requests: list[Request]) -> None:
         self.scheduler.put(requests, self._start_worker)
-        self.stats["queue_high_water"] = self.scheduler.high_water
 
     def _start_worker(self) -> None:
         """Called under the scheduler's lock: the worker starts with the first request."""

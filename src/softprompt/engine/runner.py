@@ -19,7 +19,7 @@ from .decoding import Cohort, Row, SlotDecoder
 from .requests import Generation, Request
 from .sampling import choose, process_logits
 
-_UNSET = object()
+NOT_COMPILED = object()  # an EnginePrompt's compiled form before its first use
 
 
 class Runner:
@@ -69,7 +69,7 @@ class Runner:
 
     def compiled(self, entry) -> CompiledPrompt | None:
         """The prompt's compiled fixed start, computed at its first use (None: nothing to compile)."""
-        if entry.compiled is _UNSET:
+        if entry.compiled is NOT_COMPILED:
             compiled = None
             if entry.fixed_start:  # if this raises, the next request tries again
                 compiled = compile_prompt(self.pm, entry.key, entry.tensors, entry.fixed_start)
