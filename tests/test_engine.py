@@ -157,20 +157,24 @@ def test_threads_sharing_one_model_get_what_they_get_alone(family):
         return hidden
 
     alone = {key: run(key) for key in prompts}
-    errors = []
+    errors, mismatches = [], []
 
     def worker(key):
-        for _ in range(15):
-            got = run(key)
-            if not torch.allclose(got, alone[key], atol=1e-5, rtol=0):
-                errors.append(key)
+        try:
+            for _ in range(15):
+                got = run(key)
+                if not torch.allclose(got, alone[key], atol=1e-5, rtol=0):
+                    mismatches.append(key)
+        except BaseException as exc:  # a thread's exception would only warn: collect it, so the test fails
+            errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in prompts]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors
+    assert not errors, errors[0]
+    assert not mismatches
 
 
 def test_engine_requests_from_many_threads_match_their_answers_alone():
@@ -221,14 +225,19 @@ def _gen_engine(**options):
 
 def test_a_seed_gives_the_same_text_and_rows_keep_their_settings_in_one_batch():
     engine, rows = _gen_engine()
+    passes = []
+    engine.add_hook("pass", lambda kind, n, tokens: passes.append((kind, n)))
     with engine:
         sample = SamplingParams(max_new_tokens=8, temperature=1.3, top_k=20, top_p=0.9, seed=123, ignore_eos=True)
         greedy = SamplingParams(max_new_tokens=8, ignore_eos=True)
         alone = [engine.submit_generate("p", rows[0], sample).result().token_ids,
                  engine.submit_generate("p", rows[1], greedy).result().token_ids]
-        together = [engine.submit_generate("p", rows[0], sample), engine.submit_generate("p", rows[1], greedy),
-                    engine.submit_generate("p", rows[2], SamplingParams(max_new_tokens=5, temperature=2.0, seed=9))]
+        passes.clear()
+        together = engine.submit_generates([("p", rows[0], sample), ("p", rows[1], greedy),
+                                            ("p", rows[2], SamplingParams(max_new_tokens=5, temperature=2.0, seed=9))])
         together = [h.result().token_ids for h in together]
+        assert passes[0] == ("prefill", 3)  # one batch: the three rows' prompts in one pass ...
+        assert ("decode", 3) in passes  # ... and their tokens decoded in shared steps
         other_seed = engine.submit_generate("p", rows[0], SamplingParams(
             max_new_tokens=8, temperature=1.3, top_k=20, top_p=0.9, seed=124, ignore_eos=True)).result().token_ids
         top1 = engine.submit_generate("p", rows[1], SamplingParams(max_new_tokens=8, temperature=1.0, top_k=1,

@@ -1,7 +1,8 @@
 """The engine: one inference path for scoring and generation, batched continuously across prompts."""
 
-from .engine import Engine, EngineBusy, EngineClosed, EnginePrompt, GenerationHandle, GenerationResult, generate_rows
+from .engine import (Engine, EngineBusy, EngineClosed, EnginePrompt, GenerationHandle, GenerationResult, RequestState,
+                     generate_rows)
 from .sampling import SamplingParams
 
 __all__ = ["Engine", "EngineBusy", "EngineClosed", "EnginePrompt", "GenerationHandle", "GenerationResult",
-           "SamplingParams", "generate_rows"]
+           "RequestState", "SamplingParams", "generate_rows"]

@@ -72,15 +72,16 @@ class SlotDecoder:
         new = (max(have_slots, _round_up(slots, 8), 2 * have_slots if slots > have_slots else 0),
                max(have_entries, _round_up(entries, step)))
         heads, dim = self.shape
-        for store in (self.keys, self.values):
-            for layer in range(self.layers):
-                grown = torch.zeros(new[0], heads, new[1], dim, dtype=self.dtype, device=self.device)
-                if store[layer:layer + 1]:
+        # every buffer is allocated before any is swapped in: out of memory halfway leaves the running
+        # rows' buffers as they were (the engine fails only the rows that asked for room)
+        grown = [[torch.zeros(new[0], heads, new[1], dim, dtype=self.dtype, device=self.device)
+                  for _ in range(self.layers)] for _ in (self.keys, self.values)]
+        for store, fresh in zip((self.keys, self.values), grown):
+            for layer, buffer in enumerate(fresh):
+                if layer < len(store):
                     old = store[layer]
-                    grown[: old.shape[0], :, : old.shape[2]] = old
-                    store[layer] = grown
-                else:
-                    store.append(grown)
+                    buffer[: old.shape[0], :, : old.shape[2]] = old
+            store[:] = fresh
         self.capacity = new
         self._graphs.clear()  # captured against the old buffers
 
