@@ -12,6 +12,7 @@ import torch
 
 from softprompt.core import PromptedModel
 from softprompt.engine import Engine, EngineBusy, RequestState, SamplingParams
+from softprompt.engine.scheduler import MAX_OVERTAKES
 from softprompt.tasks.runner import register_units
 from test_engine import _gen_engine, _prepared, _units
 from tiny import tiny_base
@@ -158,10 +159,11 @@ def test_eight_threads_never_queue_more_than_max_queue():
 
 
 def test_the_oldest_request_is_not_overtaken_without_bound():
-    """Requests start in age order whatever their kind. A 2-beam generation (it needs both decoding
-    rows) amid a stream of 1-row generations and scoring requests starts once the requests ahead of
-    it have: in decoding steps from submission to result, at most (gens ahead / max_running + 2) x
-    (N + 3) to start and N + 2 to finish. A scoring request waits at most N + 2 steps for each
+    """Requests start in age order whatever their kind, but for scoring requests that may join at most
+    MAX_OVERTAKES passes past a generation waiting for decoding rows. A 2-beam generation (it needs
+    both decoding rows) amid a stream of 1-row generations and scoring requests starts once the
+    requests ahead of it have: in decoding steps from submission to result, at most (gens ahead /
+    max_running + 2) x (N + 3) + MAX_OVERTAKES to start and N + 2 to finish. A scoring request waits at most N + 2 steps for each
     request ahead of it (a generation ahead may wait that long for decoding rows)."""
     n = 5
     base = tiny_base("llama")
@@ -197,7 +199,7 @@ def test_the_oldest_request_is_not_overtaken_without_bound():
                 time.sleep(0.01)
             probe = engine.submit_generate("p", rows[0], SamplingParams(max_new_tokens=n, num_beams=2, ignore_eos=True))
             at, ahead = steps[0], engine.queue_depth()
-            bound = (ahead // 2 + 2) * (n + 3) + n + 2
+            bound = (ahead // 2 + 2) * (n + 3) + MAX_OVERTAKES + n + 2
             deadline = time.monotonic() + 60
             while not probe.done() and steps[0] - at <= bound and time.monotonic() < deadline:
                 time.sleep(0.005)

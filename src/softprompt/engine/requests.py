@@ -108,6 +108,7 @@ class Request:
     choice: int = 0  # generation: which of n choices (offsets the seed)
     submitted: float = field(default_factory=time.monotonic)
     state: RequestState = RequestState.WAITING
+    overtaken: int = 0  # passes that younger requests joined while it waited for decoding rows
 
     @property
     def generates(self) -> bool:
