@@ -192,3 +192,24 @@ def test_a_token_labelling_input_over_max_length_is_refused_where_prepare_would_
     assert strict.prepare(make(refused - 1)).rows == roomy.prepare(make(refused - 1)).rows
     with pytest.raises(InputTooLong, match=r"^input\[0\] is \d+ tokens .* over the 16 tokens"):
         strict.prepare_strict(make(refused))
+
+
+def test_a_recursion_error_past_the_json_reader_is_a_400_not_a_500():
+    """A reader deeper in than the JSON parser (a validator, a template) hitting the recursion limit on
+    a nested input is the input's fault: 400 in OpenAI's shape, not an internal error."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from softprompt.serve.errors import add_handlers
+
+    app = FastAPI()
+    add_handlers(app)
+
+    @app.post("/nested")
+    async def nested_route():
+        def down(n):
+            return down(n + 1)
+        return down(0)
+
+    error = openai_error(TestClient(app, raise_server_exceptions=False).post("/nested"), 400, "invalid_json")
+    assert "nested too deeply" in error["message"]

@@ -112,9 +112,11 @@ def _unreadable(cause: BaseException) -> str:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log = logging.getLogger("softprompt.serve")
     if isinstance(exc, RecursionError):  # a nested input too deep for some reader past the JSON parser
+        log.warning("recursion limit on %s, answered 400", request.url.path, exc_info=exc)  # or a bug: keep it
         return error_response(400, _unreadable(exc), "invalid_request_error", code="invalid_json")
-    logging.getLogger("softprompt.serve").exception("unexpected error on %s", request.url.path)
+    log.exception("unexpected error on %s", request.url.path)
     return error_response(500, f"internal error: {type(exc).__name__}", "server_error")
 
 
