@@ -1,5 +1,6 @@
-"""Names and paths cannot lead outside the library, and artifact metadata of the wrong types or
-sizes is refused with one clear ArtifactError naming the file and the key."""
+"""Names and paths cannot lead outside the library, artifact metadata of the wrong types or sizes is
+refused with one clear ArtifactError naming the file and the key (and quoting none of the file), and
+the server's admin route loads files only from the directories the operator named."""
 
 import json
 import sqlite3
@@ -170,8 +171,9 @@ def test_metadata_that_is_not_an_object_of_ours_is_refused(tmp_path, meta, error
 def test_a_huge_header_is_refused_before_it_is_read(tmp_path):
     claimed = tmp_path / "claims.safetensors"
     claimed.write_bytes(struct.pack("<Q", 1 << 62) + b"{}")  # a length field no file should have
-    with pytest.raises(ArtifactError, match=r"a header of [\d,]+ bytes, over the [\d,]+ a prompt artifact may have"):
+    with pytest.raises(ArtifactError, match=r"not a safetensors prompt file \(its header length is over") as caught:
         PromptArtifact.load(claimed)
+    assert f"{1 << 62:,}" not in str(caught.value) and str(1 << 62) not in str(caught.value)  # the file's bytes
     big = raw(tmp_path / "big.safetensors", {**GOOD, "notes": "x" * (MAX_HEADER_BYTES + 1)})
     with pytest.raises(ArtifactError, match="over the"):
         PromptArtifact.load(big)
@@ -217,3 +219,165 @@ def test_an_artifact_without_what_attaching_needs_is_refused_in_one_line(tmp_pat
     path = PromptArtifact(tensors, meta).save(tmp_path / "p.safetensors")
     with pytest.raises(ArtifactError, match=rf"p\.safetensors: {error}"):
         load_prompt(path, base)
+
+
+# ------------------------------------------------------------------ nothing read is echoed
+
+SECRET = "root:x:0:0:SECRET-LINE"
+
+
+def _files_that_are_not_prompts(folder):
+    """Files an admin might point a server at, each holding SECRET, none a prompt artifact."""
+    def header(text: str, size: int | None = None) -> bytes:
+        data = text.encode()
+        return struct.pack("<Q", size if size is not None else len(data)) + data
+
+    files = {
+        "passwd": SECRET.encode() + b"\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n",
+        "short": header('{"a": "%s"}' % SECRET, 400),  # claims more header than the file has
+        "bad-json": header('{"%s": ' % SECRET),
+        "wrong-type": header('{"t": "%s"}' % SECRET),  # safetensors' parser would quote the string
+        "bad-dtype": header(json.dumps({"t": {"dtype": SECRET, "shape": [1], "data_offsets": [0, 4]}})) + b"1234",
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = folder / f"{name}.safetensors"
+        paths[name].write_bytes(data)
+    paths["meta-type"] = raw(folder / "meta-type.safetensors", {**GOOD, "method": [SECRET]})
+    paths["meta-shape"] = raw(folder / "meta-shape.safetensors", {**GOOD, "shapes": {"prompt.input": SECRET}})
+    paths["meta-list"] = raw(folder / "meta-list.safetensors", [SECRET])
+    return paths
+
+
+def test_no_refusal_of_a_file_quotes_its_content(tmp_path):
+    for name, path in _files_that_are_not_prompts(tmp_path).items():
+        with pytest.raises(ArtifactError) as caught:
+            PromptArtifact.load(path)
+        message = str(caught.value)
+        assert message.startswith(f"{path}: ") and "SECRET" not in message and "root:x" not in message, message
+        assert str(struct.unpack("<Q", path.read_bytes()[:8])[0]) not in message.replace(",", ""), message
+
+
+# ------------------------------------------------------------------ admin loads are confined
+
+ADMIN = {"authorization": "Bearer confined"}
+
+
+@pytest.fixture(scope="module")
+def confined_server(tmp_path_factory):
+    """A server whose named prompt directory holds a prompt, beside a folder of files it must not read."""
+    import httpx  # noqa: F401  (the tests below need it)
+    from serving import METHODS, SENTIMENT, LiveServer, make_prompt
+    from tiny import tiny_base
+
+    from softprompt.engine import Engine
+    from softprompt.serve import PromptRegistry, ServeSettings, create_app
+
+    root = tmp_path_factory.mktemp("confined")
+    base = tiny_base("llama")
+    allowed, outside = root / "prompts", root / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    make_prompt(base, allowed / "ok.safetensors", METHODS["prompt_tuning"], SENTIMENT, seed=1)
+    make_prompt(base, outside / "victim.safetensors", METHODS["prompt_tuning"], SENTIMENT, seed=2)
+    (root / "prompts-evil").mkdir()  # shares the allowed folder's name as a prefix
+    make_prompt(base, root / "prompts-evil" / "p.safetensors", METHODS["prompt_tuning"], SENTIMENT, seed=3)
+    (allowed / "link-out.safetensors").symlink_to(outside / "victim.safetensors")
+    (allowed / "linked-dir").symlink_to(outside, target_is_directory=True)
+    (allowed / "link-in.safetensors").symlink_to(allowed / "ok.safetensors")
+    (allowed / "passwd.safetensors").write_bytes(SECRET.encode() + b"\n" * 20)
+    registry = PromptRegistry(base, Engine(base), prompt_dirs=[allowed])
+    registry.add_file("sentiment", make_prompt(base, root / "start.safetensors", METHODS["prompt_tuning"], SENTIMENT))
+    with LiveServer(create_app(registry, ServeSettings(admin_token="confined"))) as server:
+        server.allowed, server.outside, server.root = allowed, outside, root
+        yield server
+
+
+def _load(server, path, name="late"):
+    import httpx
+
+    return httpx.post(f"{server.url}/admin/prompts", json={"name": name, "path": str(path)}, headers=ADMIN, timeout=30)
+
+
+def _refused_naming_only(response, path):
+    assert response.status_code == 403, response.text
+    error = response.json()["error"]
+    assert error["type"] == "permission_error" and error["code"] == "path_not_allowed" and error["param"] == "path"
+    assert error["message"] == f"{path}: not under a directory this server loads prompts from"
+
+
+@pytest.mark.parametrize("where", ["/etc/passwd", "/etc/shadow", "/nonexistent/x.safetensors", "OUTSIDE/victim.safetensors",
+                                   "ALLOWED/../outside/victim.safetensors", "ALLOWED/../prompts/ok.safetensors",
+                                   "../outside/victim.safetensors", "ALLOWED/link-out.safetensors",
+                                   "ALLOWED/linked-dir/victim.safetensors", "ROOT/prompts-evil/p.safetensors",
+                                   "ROOT/start.safetensors", "ALLOWED/\x00.safetensors", "", "."])
+def test_admin_loads_outside_the_prompt_directories_are_403_naming_only_the_path(confined_server, where):
+    server = confined_server
+    path = (where.replace("ALLOWED", str(server.allowed)).replace("OUTSIDE", str(server.outside))
+            .replace("ROOT", str(server.root)))
+    import httpx
+
+    _refused_naming_only(_load(server, path, name="sentiment"), path)  # it would have replaced a served prompt
+
+    served = httpx.get(f"{server.url}/v1/prompts", timeout=30).json()["data"]
+    assert [(p["name"], p["source"]) for p in served] == [("sentiment", str(server.root / "start.safetensors"))]
+
+
+def test_a_prompt_under_the_named_directory_loads_and_serves(confined_server):
+    import httpx
+
+    for name, file in (("late", "ok.safetensors"), ("via-link", "link-in.safetensors")):
+        loaded = _load(confined_server, confined_server.allowed / file, name)
+        assert loaded.status_code == 200 and loaded.json()["method"] == "prompt_tuning", loaded.text
+        answer = httpx.post(f"{confined_server.url}/v1/classify", json={"model": name, "input": "great"}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["data"][0]["label"] in ("positive", "negative")
+        assert httpx.delete(f"{confined_server.url}/admin/prompts/{name}", headers=ADMIN, timeout=30).status_code == 200
+
+
+def test_a_file_in_the_directory_that_is_no_prompt_is_refused_without_its_bytes(confined_server):
+    response = _load(confined_server, confined_server.allowed / "passwd.safetensors")
+    assert response.status_code == 400 and "SECRET" not in response.text and "root:x" not in response.text
+    assert response.json()["error"]["message"].startswith(f"{confined_server.allowed / 'passwd.safetensors'}: not a")
+
+
+def test_without_named_directories_the_start_up_prompts_folders_and_the_library_are_the_roots(tmp_path):
+    from serving import METHODS, SENTIMENT, make_prompt
+    from tiny import tiny_base
+
+    from softprompt.engine import Engine
+    from softprompt.serve import PromptRegistry
+
+    base = tiny_base("llama")
+    (tmp_path / "a").mkdir()
+    first = make_prompt(base, tmp_path / "a" / "p.safetensors", METHODS["prompt_tuning"], SENTIMENT)
+    registry = PromptRegistry(base, Engine(base), library=tmp_path / "lib")
+    assert registry.load_roots() == [(tmp_path / "lib").resolve()]
+    registry.add_file("p", first)
+    registry.add_base()
+    assert registry.load_roots() == [(tmp_path / "a").resolve(), (tmp_path / "lib").resolve()]
+    named = PromptRegistry(base, Engine(base), prompt_dirs=[tmp_path / "b"])
+    named.add_file("p", first)
+    assert named.load_roots() == [(tmp_path / "b").resolve()]  # named directories replace the default
+
+
+def test_prompt_dir_in_the_serve_yaml_is_read_relative_to_the_file(tmp_path):
+    from softprompt.serve.registry import read_prompt_list
+
+    listed = tmp_path / "serve.yaml"
+    listed.write_text("prompts: {p: p.safetensors}\nprompt_dir: prompts\n")
+    assert read_prompt_list(listed)["prompt_dir"] == [str(tmp_path / "prompts")]
+    listed.write_text("prompts: {p: p.safetensors}\nprompt_dir: [/srv/a, b]\n")
+    assert read_prompt_list(listed)["prompt_dir"] == ["/srv/a", str(tmp_path / "b")]
+    listed.write_text("prompts: {p: p.safetensors}\nprompt_dir: {a: 1}\n")
+    with pytest.raises(ConfigError, match="prompt_dir must be a directory or a list of directories"):
+        read_prompt_list(listed)
+
+
+def test_the_serve_command_refuses_a_prompt_dir_that_is_not_there(tmp_path):
+    from typer.testing import CliRunner
+
+    from softprompt.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--prompt-dir", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'none'}: prompt directory not found (--prompt-dir or prompt_dir)"

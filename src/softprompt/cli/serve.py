@@ -21,6 +21,10 @@ def serve(
     model: Optional[str] = typer.Option(None, "--model", "-m",
                                         help="Base model (default: the first prompt's own, else smollm2-135m)."),
     library: Optional[Path] = _LIB,
+    prompt_dir: Optional[List[Path]] = typer.Option(
+        None, "--prompt-dir", help="A directory the admin route may load prompt files from (repeatable); "
+                                   "without one, those of the prompt files served at start-up. A named "
+                                   "--library is always one."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, help="Port."),
     max_queue: int = typer.Option(256, help="Requests waiting at most; past it, 429 with Retry-After."),
@@ -53,7 +57,7 @@ def serve(
             _fail(f"--prompt {spec!r}: expected NAME=PATH")
         pairs.append((name, path))
     registry = _run(build_registry, model=model, prompts=pairs, library_refs=library_prompt or [], config=config,
-                    library=library, serve_base=not no_base,
+                    library=library, serve_base=not no_base, prompt_dirs=prompt_dir or [],
                     engine_options={"max_queue": max_queue, "max_batch_rows": max_batch_rows,
                                     "max_running": max_running}, log=typer.echo)
     names = ", ".join(registry.names())

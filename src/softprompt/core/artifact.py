@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import tempfile
 import time
@@ -57,11 +58,16 @@ def _type_problem(value: Any, kind: Any) -> str | None:
 
 
 def _describe(value: Any) -> str:
-    try:
-        text = json.dumps(value)
-    except (RecursionError, ValueError):
-        text = "..."
-    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+    """A value's JSON type and size, never its content: the metadata is text read from a file."""
+    if isinstance(value, (dict, list, str)):
+        kind = {dict: "an object", list: "a list", str: "a string"}[type(value)]
+        unit = {dict: "key", list: "item", str: "character"}[type(value)]
+        return f"{kind} of {len(value)} {unit}{'' if len(value) == 1 else 's'}"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number" if isinstance(value, (int, float)) else type(value).__name__
 
 
 def check_meta(meta: Any, where: str) -> dict[str, Any]:
@@ -117,6 +123,15 @@ def _read_header_size(path: Path) -> int:
     if len(head) < 8:
         raise ArtifactError(f"{path}: not a readable safetensors file ({len(head)} bytes, too short)")
     return int.from_bytes(head, "little")
+
+
+def _safetensors_reason(exc: Exception) -> str:
+    """The kind of a safetensors read error, without its details: those can quote the file (a JSON
+    parser's 'invalid type: string "..."', a tensor name), and the file may be anything at all."""
+    detail = " ".join(str(exc).split())
+    _, found, rest = detail.partition("deserializing header: ")
+    kind = re.match(r"[A-Za-z][A-Za-z ]*", rest) if found else None  # stops at the first ':', '(' or quote
+    return kind.group(0).strip() if kind else type(exc).__name__
 
 
 @dataclass
@@ -180,15 +195,16 @@ class PromptArtifact:
         except OSError as exc:
             raise ArtifactError(f"{path}: cannot read ({exc.strerror or exc})") from None
         if size > MAX_HEADER_BYTES:
-            raise ArtifactError(f"{path}: a header of {size:,} bytes, over the {MAX_HEADER_BYTES:,} a prompt "
-                                "artifact may have (damaged, or not a prompt artifact)")
+            # The size is the file's first 8 bytes: saying it would echo a file that may be no prompt at all.
+            raise ArtifactError(f"{path}: not a safetensors prompt file (its header length is over the "
+                                f"{MAX_HEADER_BYTES:,} bytes a prompt artifact may have; damaged, or another "
+                                "kind of file)")
         try:
             with safe_open(str(path), framework="pt") as handle:
                 header = handle.metadata() or {}
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         except Exception as exc:  # safetensors raises several types for a corrupt file
-            reason = " ".join(str(exc).split())[:200]
-            raise ArtifactError(f"{path}: not a readable safetensors file ({reason})") from None
+            raise ArtifactError(f"{path}: not a readable safetensors file ({_safetensors_reason(exc)})") from None
         if _META_KEY not in header:
             raise ArtifactError(f"{path}: a safetensors file without softprompt metadata (not a prompt artifact)")
         try:

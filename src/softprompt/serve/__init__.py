@@ -44,19 +44,24 @@ def demo_prompt(log=print) -> Path:
 
 def build_registry(*, model: str | None = None, prompts: Sequence[tuple[str, str]] = (), library_refs: Sequence[str] = (),
                    config: str | Path | None = None, library: str | Path | None = None, serve_base: bool = True,
-                   engine_options: dict | None = None, log=print) -> PromptRegistry:
+                   engine_options: dict | None = None, prompt_dirs: Sequence[str | Path] = (),
+                   log=print) -> PromptRegistry:
     """Load the base model and every named prompt (files as (name, path), library references, a
-    YAML list); with none named, the bundled demo prompt on the embedded default model."""
+    YAML list); with none named, the bundled demo prompt on the embedded default model. prompt_dirs
+    (and the YAML's prompt_dir): where admin loads may read files; none named, the directories of
+    the prompt files loaded here."""
     from ..api import load_model
     from ..core import PromptArtifact
     from ..engine import Engine
 
     prompts = list(prompts)
     library_refs = list(library_refs)
+    prompt_dirs = [Path(d) for d in prompt_dirs]
     if config is not None:
         listed = read_prompt_list(config)
         model = model or listed.get("model")
         library = library or listed.get("library")
+        prompt_dirs += [Path(d) for d in listed.get("prompt_dir", [])]
         for name, spec in listed["prompts"].items():
             if isinstance(spec, str):
                 prompts.append((name, spec))
@@ -65,6 +70,9 @@ def build_registry(*, model: str | None = None, prompts: Sequence[tuple[str, str
     for name, path in prompts:  # before the model loads: a typo costs no waiting
         if not Path(path).is_file():
             raise ArtifactError(f"{path}: prompt file not found (for --prompt {name}=...)")
+    for folder in prompt_dirs:
+        if not folder.is_dir():
+            raise ConfigError(f"{folder}: prompt directory not found (--prompt-dir or prompt_dir)")
     if not prompts and not library_refs:
         prompts.append(("sentiment", str(demo_prompt(log))))
     if model is None:
@@ -73,7 +81,7 @@ def build_registry(*, model: str | None = None, prompts: Sequence[tuple[str, str
         model = model or "smollm2-135m"
     base = load_model(model)
     engine = Engine(base, **(engine_options or {}))
-    registry = PromptRegistry(base, engine, library)
+    registry = PromptRegistry(base, engine, library, prompt_dirs or None)
     names = set()
     for name, path in prompts:
         if name in names:

@@ -29,7 +29,8 @@ access_log = logging.getLogger("softprompt.access")
 
 def create_app(registry: PromptRegistry, settings: ServeSettings | None = None) -> FastAPI:
     """The ASGI app serving a registry's prompts; closing the app (lifespan end) drains the engine."""
-    state = ServerState(registry, settings or ServeSettings(), ServerMetrics(registry))
+    state = ServerState(registry, settings or ServeSettings(), ServerMetrics(registry),
+                        load_roots=tuple(registry.load_roots()))  # taken now: files served at start-up
     engine = registry.engine
     engine.add_hook("pass", state.metrics.on_pass)
     engine.add_hook("admit", state.metrics.on_admit)

@@ -9,6 +9,7 @@ import hmac
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Callable, Sequence
 
 from fastapi import Depends, Request
@@ -40,6 +41,7 @@ class ServerState:
     metrics: ServerMetrics
     draining: bool = False  # the lifespan ended: requests in flight finish, /health says so
     waiting: int = 0  # requests awaiting their results (touched on the event loop only)
+    load_roots: tuple[Path, ...] = ()  # where admin loads may read prompt files (registry.load_roots at start)
 
     @property
     def engine(self) -> Engine:

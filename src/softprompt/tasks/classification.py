@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import Mapping, Sequence
 
 import torch
@@ -254,10 +255,7 @@ class ClassificationTask(nn.Module, TaskDefaults):
 
     def prepare(self, example, where: str = "") -> Item:
         """Rows and score positions for one example (label index None when unlabelled)."""
-        values = dict(example.fields) if getattr(example, "fields", None) else {}
-        values.setdefault("text", example.text)
-        if example.text_b is not None:
-            values.setdefault("text_b", example.text_b)
+        values = template_values(example)
         label = None
         if example.label is not None:
             if example.label not in self.label_index:
@@ -286,6 +284,27 @@ class ClassificationTask(nn.Module, TaskDefaults):
                 per_word.append([(r, t, len(row) - len(prefix) - j) for j, t in enumerate(ids)])
             targets.append(per_word)
         return Item(rows, label, targets)
+
+    def prepare_strict(self, example, where: str = "") -> Item:
+        """prepare's item for an input whose rows fit task.max_length whole; InputTooLong (with the
+        token count and the limit) for one that prepare would shorten, as training does: a caller
+        asking about this text should hear so, not get an answer about part of it."""
+        from .generation import InputTooLong
+
+        where = where or example.source
+        whole = self._unbounded_renderer.render(template_values(example), self.n_prefix, where=where).ids
+        scored_alone = self.head_kind is HeadKind.LINEAR or self.info.kind is ModelKind.SEQ2SEQ
+        # a verbalizer's longest word takes its tokens but the last in the row (prepare's reserve)
+        reserve = 0 if scored_alone else max(len(ids) for words in self.word_tokens for ids in words) - 1
+        tokens, limit = len(whole) + reserve, self.config.max_length
+        if tokens > limit:
+            raise InputTooLong(f"{where or 'the input'} is {tokens} tokens with the template and answer, "
+                               f"over the {limit} tokens the prompt takes (its task.max_length)", tokens, limit)
+        return self.prepare(example, where)
+
+    @cached_property
+    def _unbounded_renderer(self) -> TemplateRenderer:
+        return TemplateRenderer(self.template, self.tokenizer, self.info.kind, 10**9)  # shortens nothing
 
     def _prepare_masked(self, values, label, where) -> Item:
         """A masked LM scores a word of n tokens with n mask tokens at the slot (one row per length)."""
@@ -460,6 +479,15 @@ class ClassificationTask(nn.Module, TaskDefaults):
     def load_export(self, tensors: Mapping[str, torch.Tensor]) -> None:
         if self.head is not None:
             self.head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
+
+
+def template_values(example) -> dict:
+    """The values an example gives its template's fields: its named fields, text and text_b."""
+    values = dict(example.fields) if getattr(example, "fields", None) else {}
+    values.setdefault("text", example.text)
+    if example.text_b is not None:
+        values.setdefault("text_b", example.text_b)
+    return values
 
 
 def content_free_examples(fields: Sequence[str], tokenizer, inputs: Sequence[str] = CONTENT_FREE) -> list:

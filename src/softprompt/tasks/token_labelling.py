@@ -121,6 +121,19 @@ class TokenLabellingTask(nn.Module, TaskDefaults):
             tags = [self.label_index[t] for t in example.tags[: len(positions)]]
         return TokenItem([row], positions, tags, len(example.tokens), where)
 
+    def prepare_strict(self, example, where: str = "") -> TokenItem:
+        """prepare's item for a sentence whose sub-tokens all fit task.max_length; InputTooLong (with the
+        token count and the limit) for one whose last words prepare would cut and tag 'O' unread."""
+        from .generation import InputTooLong
+
+        where = where or example.source
+        words = self.tokenizer(list(example.tokens), is_split_into_words=True, add_special_tokens=False).input_ids
+        tokens, limit = len(self.lead) + self.n_prefix + len(words) + len(self.trail), self.config.max_length
+        if tokens > limit:
+            raise InputTooLong(f"{where or 'the input'} is {tokens} tokens with the prompt and special tokens, "
+                               f"over the {limit} tokens the prompt takes (its task.max_length)", tokens, limit)
+        return self.prepare(example, where)
+
     def class_logits(self, pm, hidden, batch, items, row_index) -> list[torch.Tensor]:
         """Per item, (kept words, tags) logits read at each word's first sub-token."""
         starts = batch.first_index.tolist()  # one host copy per batch, not one device read per row

@@ -67,8 +67,10 @@ async def prompts(registry: Registry):
 
 
 def _prepare(state: ServerState, served: ServedPrompt, example):
+    """The task's item for an input it takes whole: one over the prompt's task.max_length is refused
+    (400 context_length_exceeded), never cut and answered as if whole."""
     try:
-        return served.task.prepare(example)
+        return served.task.prepare_strict(example)
     except SoftpromptError as exc:
         raise state.refuse(exc, "input") from None
 
