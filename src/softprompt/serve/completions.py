@@ -114,7 +114,10 @@ class Completion:
         for text, logprob, top in steps:
             offsets.append(offset)
             offset += len(text)
-            tops.append({**dict(reversed(top)), text: logprob})  # the chosen token too, as OpenAI lists it
+            listed: dict[str, float] = {}
+            for token, value in [*top, (text, logprob)]:  # most likely first, then the chosen token, as OpenAI lists
+                listed.setdefault(token, value)  # tokens of the same text: the likeliest's
+            tops.append(listed)
         return p.CompletionLogprobs(tokens=[s[0] for s in steps], token_logprobs=[s[1] for s in steps],
                                     top_logprobs=tops, text_offset=offsets)
 
@@ -160,7 +163,7 @@ def token_steps(tokenizer, token_ids: list[int], logprobs, text: str) -> list[St
         context = token_ids[max(0, i - 4):i]  # a few tokens before: leading spaces come out as in the text
         before = _decode(tokenizer, context)
         piece = _piece(tokenizer, context, before, token)
-        steps.append((piece, logprob, [(_piece(tokenizer, context, before, t), lp) for t, lp in top]))
+        steps.append((piece, logprob, [(_piece(tokenizer, context, before, t, named=True), lp) for t, lp in top]))
         length += len(piece)
     return steps
 
@@ -169,10 +172,13 @@ def _decode(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True) if tokenizer is not None else ""
 
 
-def _piece(tokenizer, context: list[int], before: str, token: int) -> str:
-    """What token adds to the text after context (decoded as before)."""
+def _piece(tokenizer, context: list[int], before: str, token: int, named: bool = False) -> str:
+    """What token adds to the text after context (decoded as before); named: a token that adds no text
+    (an end token among the alternatives) by its name, so the client sees which it was."""
     whole = _decode(tokenizer, context + [token])
     same = next((i for i, (a, b) in enumerate(zip(before, whole)) if a != b), min(len(before), len(whole)))
+    if named and same == len(whole) and tokenizer is not None:
+        return str(tokenizer.convert_ids_to_tokens(token))
     return whole[same:]
 
 
