@@ -3,7 +3,10 @@ from them, and validation errors come from them).
 
 The OpenAI-compatible routes follow OpenAI's field names and defaults (temperature 1, max_tokens 16);
 `model` names a loaded prompt. top_k and repetition_penalty are accepted as vLLM accepts them.
-Fields OpenAI has and softprompt does not implement are refused when set, never silently ignored.
+Fields OpenAI has and softprompt does not implement are refused when set to a value that asks
+something of them, and unknown fields are refused, both with a 400 naming the field (its path in a
+nested body): never silently ignored, never a generic 422. Fields that change nothing in an answer
+(user, metadata, store) are accepted.
 The request models say what they ask of the engine (to_sampling_params); the stream chunks are typed
 as the responses are.
 """
