@@ -248,6 +248,36 @@ def test_a_seed_gives_the_same_text_and_rows_keep_their_settings_in_one_batch():
     assert top1 == alone[1]  # top_k=1 sampling is greedy
 
 
+def test_logprobs_are_the_raw_distributions_chosen_and_top_tokens_in_a_mixed_batch():
+    engine, rows = _gen_engine()
+    with engine:
+        plain = SamplingParams(max_new_tokens=6, ignore_eos=True)
+        sampled = SamplingParams(max_new_tokens=6, temperature=1.5, seed=3, ignore_eos=True)
+        alone = [engine.submit_generate("p", rows[0], plain).result().token_ids,
+                 engine.submit_generate("p", rows[1], sampled).result().token_ids]
+        asked = [SamplingParams(max_new_tokens=6, ignore_eos=True, logprobs=3, return_logits=True),
+                 SamplingParams(max_new_tokens=6, temperature=1.5, seed=3, ignore_eos=True, logprobs=0,
+                                return_logits=True)]
+        handles = engine.submit_generates([("p", rows[0], asked[0]), ("p", rows[1], asked[1]),
+                                           ("p", rows[2], plain)])
+        results = [h.result() for h in handles]
+    assert [r.token_ids for r in results[:2]] == alone  # asking for log-probabilities changes no token
+    assert results[2].logprobs is None
+    for result, k in zip(results[:2], (3, 0)):
+        assert len(result.logprobs) == len(result.token_ids) == 6
+        # the kept logits of a sampled row are divided by its temperature (1.5, no filtering); its
+        # log-probabilities are the model's own distribution, before temperature
+        scale = 1.5 if result is results[1] else 1.0
+        logp = torch.log_softmax(result.logits.float() * scale, -1)
+        for t, (token, (chosen, top)) in enumerate(zip(result.token_ids, result.logprobs)):
+            assert chosen == pytest.approx(float(logp[t, token]), abs=1e-5)
+            values, ids = logp[t].topk(k)
+            assert [i for i, _ in top] == ids.tolist()
+            assert [v for _, v in top] == pytest.approx(values.tolist(), abs=1e-5)
+    with pytest.raises(ConfigError, match="logprobs"):
+        SamplingParams(logprobs=2, num_beams=2)
+
+
 def test_logit_processing_matches_transformers_processors():
     from transformers import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
                               TopPLogitsWarper)

@@ -114,14 +114,17 @@ def test_errors_have_openai_shape_and_the_right_status(live):
     url = live.url
     cases = [
         (dict(json={"model": "nope", "prompt": "x"}), "/v1/completions", 404, "model"),
-        (dict(json={"model": "sent-pt", "prompt": "x"}), "/v1/completions", 400, "model"),  # wrong task kind
         (dict(json={"model": "gen-pt", "input": "x"}), "/v1/classify", 400, "model"),
         (dict(json={"model": "gen-pt"}), "/v1/completions", 422, "prompt"),
         (dict(json={"model": "gen-pt", "prompt": "x", "temperature": 9}), "/v1/completions", 422, "temperature"),
         (dict(content=b"{not json", headers={"content-type": "application/json"}), "/v1/completions", 400, None),
         (dict(json={"model": "gen-pt", "prompt": "great " * 60}), "/v1/completions", 400, "prompt"),  # too long
         (dict(json={"model": "gen-pt", "prompt": "x", "max_tokens": 10_000}), "/v1/completions", 400, "max_tokens"),
-        (dict(json={"model": "gen-pt", "prompt": "x", "logprobs": 2}), "/v1/completions", 400, "logprobs"),
+        (dict(json={"model": "gen-pt", "prompt": "x", "echo": True}), "/v1/completions", 400, "echo"),
+        (dict(json={"model": "gen-pt", "prompt": "x", "temprature": 0}), "/v1/completions", 400, "temprature"),
+        (dict(json={"model": "sent-pt", "messages": [{"role": "user", "content": "x"}], "tools": [
+            {"type": "function", "function": {"name": "f"}}]}), "/v1/chat/completions", 400, "tools"),
+        (dict(json={"model": "sent-pt", "prompt": " "}), "/v1/completions", 400, "prompt"),
         (dict(json={"model": "sent-pt", "input": ["fine", "  "]}), "/v1/classify", 400, "input"),
         (dict(json={"model": "sent-pt", "input": "x"}), "/v1/tag", 400, "model"),
     ]
@@ -307,6 +310,14 @@ def test_tag_and_classify_with_a_head_on_an_encoder(tmp_path):
         classified = httpx.post(f"{server.url}/v1/classify", json={"model": "cls", "input": {"text": "a warm film"}},
                                 timeout=30).json()
         assert abs(sum(classified["data"][0]["probabilities"].values()) - 1) < 1e-5
+        # a head on an encoder answers the completion routes too; token labelling keeps to /v1/tag
+        chat = httpx.post(f"{server.url}/v1/chat/completions", timeout=30, json={
+            "model": "cls", "messages": [{"role": "user", "content": "a warm film"}], "logprobs": True}).json()
+        assert chat["choices"][0]["message"]["content"] == classified["data"][0]["label"]
+        assert {t["token"] for t in chat["choices"][0]["logprobs"]["content"][0]["top_logprobs"]} == {"a", "b"}
+        refused = httpx.post(f"{server.url}/v1/completions", json={"model": "ner", "prompt": "the fox"}, timeout=30)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "model"
+        assert "/v1/tag" in refused.json()["error"]["message"]
 
 
 def test_the_serve_command_answers_curl_style_requests_and_drains_on_sigterm(prompt_files, tmp_path):

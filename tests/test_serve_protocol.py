@@ -31,17 +31,68 @@ def test_sampling_params_follow_openai_defaults_and_names():
     assert chat.model_copy(update={"max_completion_tokens": None}).to_sampling_params(512).max_new_tokens == 9
 
 
-@pytest.mark.parametrize("field, value", [("logprobs", 2), ("logprobs", True), ("presence_penalty", 0.5),
-                                          ("frequency_penalty", -1.0), ("logit_bias", {"1": 2.0}), ("echo", True),
-                                          ("suffix", "tail"), ("best_of", 3)])
+@pytest.mark.parametrize("field, value", [("presence_penalty", 0.5), ("frequency_penalty", -1.0),
+                                          ("logit_bias", {"1": 2.0}), ("echo", True), ("suffix", "tail"),
+                                          ("best_of", 3), ("best_of", True), ("service_tier", "flex")])
 def test_fields_softprompt_does_not_implement_are_refused_naming_the_field(field, value):
     with pytest.raises(APIError) as caught:
-        _completion(**{field: value}).to_sampling_params(512)
+        _completion(**{field: value})
     assert (caught.value.status, caught.value.param, caught.value.code) == (400, field, "unsupported")
+    assert caught.value.message.startswith(f"{field}=")
+
+
+def _chat(**fields):
+    return p.ChatCompletionRequest(**{"model": "m", "messages": [{"role": "user", "content": "x"}], **fields})
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"), ({"tool_choice": "auto"}, "tool_choice"),
+    ({"functions": [{"name": "f"}]}, "functions"), ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"modalities": ["text", "audio"]}, "modalities"), ({"reasoning_effort": "low"}, "reasoning_effort"),
+    ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {
+        "url": "http://x"}}]}]}, "messages[0].content[1].type"),
+])
+def test_chat_fields_we_cannot_honour_are_refused_naming_the_field(fields, param):
+    with pytest.raises(APIError) as caught:
+        _chat(**fields)
+    assert (caught.value.status, caught.value.param, caught.value.code) == (400, param, "unsupported")
+    assert param in caught.value.message
+
+
+@pytest.mark.parametrize("make, fields, param", [
+    (_completion, {"temprature": 0.5}, "temprature"), (_chat, {"stream_options": {"usage": True}}, "stream_options.usage"),
+    (_chat, {"messages": [{"role": "user", "content": "x", "mood": "calm"}]}, "messages[0].mood"),
+    (_chat, {"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "lang": "en"}]}]},
+     "messages[0].content[0].lang"),
+    (lambda **f: p.ClassifyRequest(model="m", **f), {"input": [{"text": "a", "txt_b": "b"}]}, "input[0].txt_b"),
+])
+def test_unknown_fields_are_refused_naming_them_where_they_are(make, fields, param):
+    with pytest.raises(APIError) as caught:
+        make(**fields)
+    assert (caught.value.status, caught.value.param, caught.value.code) == (400, param, "unknown_field")
+
+
+def test_what_real_clients_send_is_accepted():
+    chat = _chat(messages=[{"role": "developer", "content": [{"type": "text", "text": "be "}, {"type": "text",
+                                                                                               "text": "brief"}]},
+                           {"role": "user", "content": "hi"}],
+                 stream=True, stream_options={"include_usage": True}, response_format={"type": "text"},
+                 metadata={"run": "7"}, store=False, user="ann", tools=None, tool_choice="none", logprobs=True,
+                 top_logprobs=3, presence_penalty=0, frequency_penalty=0.0)
+    assert chat.turns() == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    assert chat.include_usage and chat.to_sampling_params(512).logprobs == 3
+    assert not _chat(stream_options={"include_usage": True}).include_usage  # usage chunks come with streams only
+    assert _chat(logprobs=True).to_sampling_params(512).logprobs == 0 and _chat().to_sampling_params(512).logprobs is None
+    with pytest.raises(APIError, match="needs logprobs") as caught:
+        _chat(top_logprobs=2).to_sampling_params(512)
+    assert caught.value.param == "top_logprobs"
+    assert _completion(logprobs=0).to_sampling_params(512).logprobs == 0  # 0: the chosen token's alone
+    assert _completion(logprobs=5).to_sampling_params(512).logprobs == 5
 
 
 def test_values_that_ask_nothing_of_an_unimplemented_field_pass():
-    _completion(logprobs=0, presence_penalty=0.0, frequency_penalty=0, logit_bias={}, echo=False, best_of=1
+    _completion(presence_penalty=0.0, frequency_penalty=0, logit_bias={}, echo=False, best_of=1
                 ).to_sampling_params(512)
 
 

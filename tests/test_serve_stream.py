@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from serving import GENERATION, METHODS, LiveServer, make_prompt
+from serving import GENERATION, METHODS, SENTIMENT, LiveServer, make_prompt
 from softprompt.engine import Engine, GenerationHandle
 from softprompt.errors import DataError
 from softprompt.serve import PromptRegistry, ServeSettings, create_app
@@ -91,6 +91,37 @@ def test_every_stream_event_is_a_typed_chunk_and_each_choice_ends_once(prompt_fi
         assert last["choices"][0]["delta"] == {} and last["choices"][0]["finish_reason"] == "length"
         reply = httpx.post(server.url + "/v1/chat/completions", json=chat, timeout=60).json()["choices"][0]
         assert _choices(chunks, 1)[0][0] == reply["message"]["content"]
+
+
+def test_usage_and_logprobs_come_in_typed_chunks_as_openai_sends_them(prompt_file, tmp_path):
+    base, path = prompt_file
+    registry = PromptRegistry(base, Engine(base))
+    registry.add_file("gen", path)
+    registry.add_file("sent", make_prompt(base, tmp_path / "sent.safetensors", METHODS["prompt_tuning"], SENTIMENT))
+    with LiveServer(create_app(registry, ServeSettings(max_tokens=16))) as server:
+        usage = {"stream_options": {"include_usage": True}}
+        body = {"model": "gen", "prompt": "a warm film", "n": 2, "max_tokens": 4, "temperature": 0, "logprobs": 2}
+        events = _events(server.url, "/v1/completions", {**body, **usage})
+        chunks = [_typed(e, p.CompletionChunk) for e in events[:-1]]
+        assert events[-1] == "[DONE]" and chunks[-1].choices == [] and all(c.usage is None for c in chunks[:-1])
+        whole = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
+        assert chunks[-1].usage.model_dump() == whole["usage"]
+        ends = {c.choices[0].index: c.choices[0] for c in chunks[:-1] if c.choices[0].finish_reason}
+        for i, choice in enumerate(whole["choices"]):  # the same, to float noise of another batch shape
+            streamed = ends[i].logprobs
+            assert (streamed.tokens, streamed.text_offset) == (choice["logprobs"]["tokens"],
+                                                               choice["logprobs"]["text_offset"])
+            assert streamed.token_logprobs == pytest.approx(choice["logprobs"]["token_logprobs"], abs=1e-5)
+            assert [list(t) for t in streamed.top_logprobs] == [list(t) for t in choice["logprobs"]["top_logprobs"]]
+
+        chat = {"model": "sent", "messages": [{"role": "user", "content": "a warm film"}], "logprobs": True}
+        events = _events(server.url, "/v1/chat/completions", {**chat, **usage})
+        label, end, last = [_typed(e, p.ChatCompletionChunk) for e in events[:-1]]  # the label, its end, the usage
+        reply = httpx.post(server.url + "/v1/chat/completions", json=chat, timeout=60).json()["choices"][0]
+        assert label.choices[0].delta.content == reply["message"]["content"] and label.choices[0].finish_reason is None
+        assert label.choices[0].logprobs.model_dump() == reply["logprobs"]
+        assert end.choices[0].finish_reason == "stop" and end.choices[0].delta.content is None
+        assert last.choices == [] and last.usage.prompt_tokens > 0 and events[-1] == "[DONE]"
 
 
 @pytest.mark.parametrize("error, event", [

@@ -43,6 +43,9 @@ class GenerationResult:
     prompt_tokens: int
     score: float | None = None  # beam search: the summed log-probability of the tokens
     logits: torch.Tensor | None = None  # (T, V) step logits, when asked for
+    # when asked for (params.logprobs): per token of token_ids, its log-probability and the most
+    # likely tokens' (token id, log-probability), most likely first
+    logprobs: list[tuple[float, list[tuple[int, float]]]] | None = None
 
 
 class GenerationHandle:
@@ -141,6 +144,7 @@ class Generation:
         self.rows: list = []  # decoding.Row, one per beam
         self.tokens: list[int] = []
         self.logits: list[torch.Tensor] = []
+        self.logprobs: list[tuple[float, list[tuple[int, float]]]] | None = [] if p.logprobs is not None else None
         self.seen = [t for t in request.rows[0] if t >= 0] if p.repetition_penalty != 1.0 else []
         self.generator = generator_for(p, request.choice)
         self.beam = BeamSearch(p.num_beams, p.max_new_tokens, p.length_penalty, stop_ids) if p.num_beams > 1 else None
@@ -155,13 +159,15 @@ class Generation:
     def done(self) -> bool:
         return self.finished is not None or self.request.cancelled
 
-    def accept(self, token: int) -> None:
-        """Take this step's token (greedy or sampled rows)."""
+    def accept(self, token: int, logprobs: tuple | None = None) -> None:
+        """Take this step's token (greedy or sampled rows), with its log-probabilities when kept."""
         self.steps += 1
         if token in self.stop_ids:
             self.finished = "stop"
             return
         self.tokens.append(token)
+        if logprobs is not None and self.logprobs is not None:  # one entry per kept token: the end token has none
+            self.logprobs.append(logprobs)
         if self.params.repetition_penalty != 1.0:
             self.seen.append(token)
         if self.watch_text:
@@ -214,4 +220,5 @@ class Generation:
                 text = text[:at]
                 self.finished = "stop"
         logits = torch.stack(self.logits) if self.logits else None
-        return GenerationResult(text, list(tokens), self.finished or "length", len(self.request.rows[0]), score, logits)
+        return GenerationResult(text, list(tokens), self.finished or "length", len(self.request.rows[0]), score, logits,
+                                self.logprobs)

@@ -17,7 +17,7 @@ from ..core import PromptedModel
 from ..core.compiled import CompiledPrompt, compile_prompt
 from .decoding import Cohort, Row, SlotDecoder
 from .requests import Generation, Request
-from .sampling import choose, process_logits
+from .sampling import choose, process_logits, token_logprobs
 
 NOT_COMPILED = object()  # an EnginePrompt's compiled form before its first use
 
@@ -268,15 +268,22 @@ class Runner:
         if simple:
             part = logits if len(simple) == len(rows) else logits[torch.tensor(simple, device=logits.device)]
             gens = [rows[i].owner for i in simple]
+            asked = [j for j, gen in enumerate(gens) if gen.params.logprobs is not None]
+            # the raw logits of rows that keep log-probabilities, copied: processing changes part in place
+            raw = part[torch.tensor(asked, device=part.device)] if asked else None
             if all(g.plain_greedy for g in gens):  # nothing to process: the argmax, one read from the device
                 tokens = part.argmax(-1).tolist()
             else:
                 processed = process_logits(part, [g.params for g in gens], [g.seen for g in gens])
                 tokens = choose(processed, [g.params for g in gens], [g.generator for g in gens])
+            kept = {}
+            if asked:  # the model's own distribution, as OpenAI reports it (before temperature and filtering)
+                kept = dict(zip(asked, token_logprobs(raw, [tokens[j] for j in asked],
+                                                      [gens[j].params.logprobs for j in asked])))
             for j, (i, gen, token) in enumerate(zip(simple, gens, tokens)):
                 if gen.params.return_logits:
                     gen.logits.append(part[j].float().cpu())
-                gen.accept(token)
+                gen.accept(token, kept.get(j))
                 rows[i].token = token
                 self.stats["generated"] += 1
         position = {row: i for i, row in enumerate(rows)}

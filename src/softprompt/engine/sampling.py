@@ -32,6 +32,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # tokens that end a row (besides the end-of-sequence token)
     ignore_eos: bool = False  # keep going past the end-of-sequence token
     return_logits: bool = False  # keep each step's logits (T, V) in the result
+    # keep each new token's log-probability and the k most likely tokens' (k = this; None: none), read
+    # from the model's distribution before temperature and filtering, as OpenAI and vLLM report them
+    logprobs: int | None = None
 
     def __post_init__(self):
         self.stop = tuple([self.stop] if isinstance(self.stop, str) else (self.stop or ()))
@@ -45,6 +48,9 @@ class SamplingParams:
             (isinstance(self.num_beams, int) and self.num_beams >= 1, "num_beams must be a whole number >= 1"),
             (self.num_beams == 1 or self.temperature == 0, "beam search does not sample: set temperature=0"),
             (all(s for s in self.stop), "stop strings must not be empty"),
+            (self.logprobs is None or (isinstance(self.logprobs, int) and self.logprobs >= 0),
+             "logprobs must be a whole number >= 0"),
+            (self.logprobs is None or self.num_beams == 1, "logprobs are kept for one row: not with beam search"),
         ]
         for ok, message in checks:
             if not ok:
@@ -86,6 +92,16 @@ def process_logits(logits: torch.Tensor, params: list[SamplingParams], seen: lis
         part = torch.full_like(part, float("-inf")).scatter(-1, order, ordered)
     logits[rows] = part
     return logits
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int], ks: list[int]) -> list[tuple[float, list[tuple[int, float]]]]:
+    """Each row's chosen token's log-probability and its ks[r] most likely (token, log-probability),
+    from raw logits (R, V): computed on the device, read back in one transfer."""
+    logp = torch.log_softmax(logits.float(), -1)
+    chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None]).squeeze(1)
+    top, ids = logp.topk(min(max(ks), logp.shape[-1]), dim=-1)
+    chosen, top, ids = chosen.tolist(), top.tolist(), ids.tolist()
+    return [(chosen[r], list(zip(ids[r][:k], top[r][:k]))) for r, k in enumerate(ks)]
 
 
 def choose(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]) -> list[int]:

@@ -136,7 +136,8 @@ class ClassificationTask(nn.Module, TaskDefaults):
 
     kind = "classification"
     Config = ClassificationConfig
-    routes = ("/v1/classify",)  # the HTTP routes that serve it
+    # the HTTP routes that serve it: the completion routes answer the predicted label as the text
+    routes = ("/v1/classify", "/v1/completions", "/v1/chat/completions")
     view = "label"  # how the server's page shows a result: a label with its probabilities
     zero_shot = True  # label words (or a head's rows, mapped) carry over to another label set
 
@@ -157,6 +158,14 @@ class ClassificationTask(nn.Module, TaskDefaults):
 
     def set_class_weights(self, mode, items: Sequence[Item], where: str) -> None:
         self.class_weights = class_weight_tensor(mode, self.labels, [item.label for item in items])
+
+    def chat_input(self, turns: Sequence[Mapping[str, str]]) -> str:
+        """The text a chat conversation ({role, content} turns) classifies: its last user message (the
+        prompt was trained on one input filling its template, not on a conversation)."""
+        users = [t["content"] for t in turns if t["role"] == "user"]
+        if not users:
+            raise DataError("the prompt classifies the last user message; the messages have no user message")
+        return users[-1]
 
     def reads_row_end(self) -> bool:
         """Verbalizer words and last-token pooling read a causal row at its end."""
