@@ -117,8 +117,13 @@ def test_an_unknown_route_is_a_404_in_openai_shape(live, method, route):
 
 
 def test_validation_errors_keep_their_422_in_openai_shape(live):
+    response = httpx.post(f"{live.url}/v1/classify", json={"model": "sentiment", "input": 5}, timeout=30)
+    assert openai_error(response, 422)["param"].startswith("input")
+
+
+def test_an_unknown_field_is_a_400_naming_it(live):
     response = httpx.post(f"{live.url}/v1/classify", json={"model": "sentiment", "input": "x", "nope": 1}, timeout=30)
-    assert openai_error(response, 422)["param"] == "nope"
+    assert openai_error(response, 400, "unknown_field")["param"] == "nope"
 
 
 # ------------------------------------------------------------------ over-length inputs
