@@ -140,13 +140,16 @@ class ModelConfig:
     """The frozen base model."""
 
     name: str = "smollm2-135m"  # embedded name, Hugging Face id (downloaded when the Hub is reachable) or local directory
-    dtype: str = "float32"  # float32 | bfloat16 | float16: the weights are read straight into it
+    # auto | float32 | bfloat16 | float16: the weights are read straight into it; auto is bfloat16 on a
+    # GPU and on a CPU with AMX or AVX-512 BF16, float32 elsewhere (models.precision)
+    dtype: str = "auto"
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     device_map: str | dict[str, Any] | None = None  # as transformers' (auto: spread over GPUs and CPU); replaces device
 
     def __post_init__(self):
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"model.dtype={self.dtype!r} is not one of: float32, bfloat16, float16")
+        from .models.precision import check_dtype
+
+        check_dtype(self.dtype)
 
 
 @dataclass

@@ -14,6 +14,17 @@ _LIB = typer.Option(None, "--library", "-L", envvar="SOFTPROMPT_LIBRARY",
                     help="Library directory (default: $SOFTPROMPT_LIBRARY or ~/.local/share/softprompt/library).")
 
 
+_DTYPE = typer.Option("auto", "--dtype", help="Base model weights: auto (bfloat16 on a GPU or a CPU with AMX or "
+                                                  "AVX-512 BF16, else float32) | float32 | bfloat16 | float16.")
+
+
+def _check_precision(dtype: str) -> None:
+    """One error line (exit 2) for a --dtype that is not one of the names, before anything loads."""
+    from ..models.precision import check_dtype
+
+    _run(check_dtype, dtype, "--dtype")
+
+
 def _fail(message: str, code: int = 2):
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
