@@ -2,6 +2,7 @@
 flags mocked), explicit bfloat16 on a slow CPU warns, prompts stay float32 on a bfloat16 base, and a
 base in bfloat16 fingerprints as the same model as in float32."""
 
+import importlib.util
 import warnings
 
 import pytest
@@ -146,3 +147,31 @@ def test_dtype_reaches_the_base_through_the_api_and_the_cli(bf16_runs):
     assert result.returncode == 0 and '"accuracy"' in result.stdout
     with pytest.raises(ConfigError, match="dtype='bf16' is not one of"):
         api.predict(artifact, texts, dtype="bf16")
+
+
+def test_an_int8_base_fingerprints_as_its_float32_self_and_scores_alike(bf16_runs, missing_tool):
+    if importlib.util.find_spec("torchao") is None:
+        missing_tool("torchao", "pip install 'softprompt[quantize]'")
+    tmp, artifacts = bf16_runs
+    path = str(tmp / "tiny-llama")
+    full = loading.load_base(path, dtype="float32", reuse=False)
+    int8 = loading.load_base(path, dtype="float32", quantize="int8", reuse=False)
+    assert (int8.fingerprint, int8.weights) == (full.fingerprint, full.weights)
+    assert int8.quantize == "int8" and int8.precision.endswith("14 linear layers int8")  # 2 blocks x 7
+    assert type(int8.model.lm_head.weight) is torch.nn.Parameter  # the head stays float
+    texts = ["a warm and funny film", "the plot is dull", "boring and slow", "great cast"]
+    ours = api.attach(artifacts["prompt_tuning"], int8)  # no ArtifactError: the same base
+    assert [p.label for p in api.predict(ours, texts)] == [p.label for p in api.predict(artifacts["prompt_tuning"], texts,
+                                                                                         base=full)]
+
+
+def test_quantize_is_for_inference_and_checked(tmp_path):
+    config = run_config(tmp_path, family="llama")
+    config["model"]["quantize"] = "int8"
+    with pytest.raises(ConfigError, match="model.quantize=int8 is for inference"):
+        api.train(config, progress=False, log=lambda _: None)
+    with pytest.raises(ConfigError, match="model.quantize='int4' is not one of: none, int8"):
+        ModelConfig(quantize="int4")
+    assert ModelConfig(quantize="none").quantize is None
+    assert error_line(sp("predict", tmp_path / "p.safetensors", "a text", "--quantize", "int4")) == \
+        "error: --quantize='int4' is not one of: none, int8"

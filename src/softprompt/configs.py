@@ -143,13 +143,17 @@ class ModelConfig:
     # auto | float32 | bfloat16 | float16: the weights are read straight into it; auto is bfloat16 on a
     # GPU and on a CPU with AMX or AVX-512 BF16, float32 elsewhere (models.precision)
     dtype: str = "auto"
+    quantize: str | None = None  # int8: the linear layers as int8 through torchao, for inference (not training)
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     device_map: str | dict[str, Any] | None = None  # as transformers' (auto: spread over GPUs and CPU); replaces device
 
     def __post_init__(self):
         from .models.precision import check_dtype
 
+        from .models.quantize import check_quantize
+
         check_dtype(self.dtype)
+        self.quantize = check_quantize(self.quantize)
 
 
 @dataclass
@@ -327,6 +331,9 @@ class RunConfig:
     tasks: list[TaskEntry] = field(default_factory=list)
 
     def __post_init__(self):
+        if self.model.quantize:  # a run config trains: gradients do not pass torchao's int8 layers
+            raise ConfigError(f"model.quantize={self.model.quantize} is for inference (predict, eval, serve); train on "
+                              "the float base: the prompt then loads onto the quantized one")
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ConfigError(f"tasks: names must differ, got {names}")

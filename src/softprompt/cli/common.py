@@ -18,11 +18,17 @@ _DTYPE = typer.Option("auto", "--dtype", help="Base model weights: auto (bfloat1
                                                   "AVX-512 BF16, else float32) | float32 | bfloat16 | float16.")
 
 
-def _check_precision(dtype: str) -> None:
-    """One error line (exit 2) for a --dtype that is not one of the names, before anything loads."""
-    from ..models.precision import check_dtype
+_QUANTIZE = typer.Option(None, "--quantize", help="int8: the base's linear layers as int8 (torchao), for inference.")
 
-    _run(check_dtype, dtype, "--dtype")
+
+def _check_precision(dtype: str | None, quantize: str | None = None) -> None:
+    """One error line (exit 2) for a --dtype or --quantize that is not one of the names, before anything loads."""
+    from ..models.precision import check_dtype
+    from ..models.quantize import check_quantize
+
+    if dtype is not None:
+        _run(check_dtype, dtype, "--dtype")
+    _run(check_quantize, quantize, "--quantize")
 
 
 def _fail(message: str, code: int = 2):

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import _LIB, _check_precision, _fail, _run
+from .common import _LIB, _QUANTIZE, _check_precision, _fail, _run
 
 
 def serve(
@@ -23,6 +23,7 @@ def serve(
     dtype: Optional[str] = typer.Option(
         None, "--dtype", help="Base model weights: auto (bfloat16 on a GPU or a CPU with AMX or AVX-512 BF16, else "
                               "float32) | float32 | bfloat16 | float16 (default: the --config YAML's dtype, else auto)."),
+    quantize: Optional[str] = _QUANTIZE,
     library: Optional[Path] = _LIB,
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, help="Port."),
@@ -42,8 +43,7 @@ def serve(
     prompts named, the bundled demo prompt on the embedded default model."""
     from ..serve import ServeSettings, build_registry, run
 
-    if dtype is not None:
-        _check_precision(dtype)
+    _check_precision(dtype, quantize)
     token = os.environ.get("SOFTPROMPT_ADMIN_TOKEN")
     if admin_token_file is not None:
         if not admin_token_file.is_file():
@@ -58,7 +58,7 @@ def serve(
             _fail(f"--prompt {spec!r}: expected NAME=PATH")
         pairs.append((name, path))
     registry = _run(build_registry, model=model, prompts=pairs, library_refs=library_prompt or [], config=config,
-                    library=library, serve_base=not no_base, dtype=dtype,
+                    library=library, serve_base=not no_base, dtype=dtype, quantize=quantize,
                     engine_options={"max_queue": max_queue, "max_batch_rows": max_batch_rows,
                                     "max_running": max_running}, log=typer.echo)
     names = ", ".join(registry.names())

@@ -17,6 +17,7 @@ from .families import ModelInfo, ModelKind, describe, kind_of
 from .fingerprint import VERSION as FINGERPRINT_VERSION
 from .fingerprint import fingerprint_v1, fingerprints
 from .precision import resolve as resolve_dtype
+from .quantize import check_quantize, quantize_model
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class BaseModel:
     weights: str = field(default="")  # the bfloat16 values' digest, beside the fingerprint's signs
     sharding: str | None = None  # how its blocks are sharded over data-parallel processes (None: whole here)
     precision: str = ""  # the dtype it was loaded in and why (models.precision), e.g. "bfloat16 (auto: ...)"
+    quantize: str | None = None  # "int8": its linear layers quantized (models.quantize); fingerprinted before
     _fingerprint_v1: str | None = field(default=None, repr=False)
 
     @property
@@ -304,13 +306,15 @@ def load_base(
     dtype: str | torch.dtype | None = "auto",
     device: str | None = None,
     device_map: str | dict | None = None,
+    quantize: str | None = None,
     reuse: bool = True,
 ) -> BaseModel:
     """Load and freeze a base model by embedded name, Hugging Face id (downloaded when the Hub is
     reachable, else taken from the Hugging Face cache) or local directory.
 
     dtype: the weights are read straight into it (no float32 copy first); "auto" (or None) picks
-    bfloat16 where the device runs it fast, else float32 (models.precision). device_map: as
+    bfloat16 where the device runs it fast, else float32 (models.precision). quantize: "int8" for the
+    linear layers (inference only; models.quantize), fingerprinted as the unquantized model. device_map: as
     transformers' (e.g. "auto": the layers spread over the GPUs and the CPU); then device is unused."""
     import transformers
     from transformers import AutoConfig, AutoTokenizer
@@ -318,7 +322,8 @@ def load_base(
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     chosen = resolve_dtype(dtype, _target_device_type(device, device_map))
-    key = (name_or_path, str(kind), chosen.dtype, str(device), str(device_map))
+    quantize = check_quantize(quantize)
+    key = (name_or_path, str(kind), chosen.dtype, str(device), str(device_map), quantize)
     if reuse and key in _LOADED:
         return _LOADED[key]
     started = time.perf_counter()
@@ -349,6 +354,10 @@ def load_base(
         model.to(device)
     base = wrap_model(model, tokenizer, display, model_kind)
     base.precision = chosen.describe()
+    if quantize:
+        count = quantize_model(model, quantize, display)
+        base.quantize = quantize
+        base.precision += f", {count} linear layers {quantize}"
     base.load_seconds = time.perf_counter() - started
     _LOADED[key] = base
     return base

@@ -155,7 +155,7 @@ class PromptRegistry:
 
 
 def read_prompt_list(path: str | Path) -> dict[str, Any]:
-    """A YAML file of prompts to serve: {model: ..., dtype: ..., library: ..., prompts: {name: path | {library: ref}}}."""
+    """A YAML file of prompts to serve: {model: ..., dtype: ..., quantize: ..., library: ..., prompts: {name: path | {library: ref}}}."""
     import yaml
 
     path = Path(path)
@@ -167,9 +167,9 @@ def read_prompt_list(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("prompts"), dict) or not data["prompts"]:
         raise ConfigError(f"{path}: expected a mapping with 'prompts: {{name: path or {{library: ref}}}}'")
-    unknown = set(data) - {"model", "dtype", "library", "prompts"}
+    unknown = set(data) - {"model", "dtype", "quantize", "library", "prompts"}
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)} (known: model, dtype, library, prompts)")
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)} (known: model, dtype, quantize, library, prompts)")
     for name, spec in data["prompts"].items():
         ok = isinstance(spec, str) or (isinstance(spec, dict) and set(spec) == {"library"} and isinstance(spec["library"], str))
         if not ok:
