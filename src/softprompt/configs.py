@@ -141,7 +141,7 @@ class ModelConfig:
 
     name: str = "smollm2-135m"  # embedded name, Hugging Face id (downloaded when the Hub is reachable) or local directory
     # auto | float32 | bfloat16 | float16: the weights are read straight into it; auto is bfloat16 on a
-    # GPU and on a CPU with AMX or AVX-512 BF16, float32 elsewhere (models.precision)
+    # GPU and on a CPU with AMX, float32 elsewhere (models.precision)
     dtype: str = "auto"
     quantize: str | None = None  # int8: the linear layers as int8 through torchao, for inference (not training)
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N

@@ -14,8 +14,8 @@ _LIB = typer.Option(None, "--library", "-L", envvar="SOFTPROMPT_LIBRARY",
                     help="Library directory (default: $SOFTPROMPT_LIBRARY or ~/.local/share/softprompt/library).")
 
 
-_DTYPE = typer.Option("auto", "--dtype", help="Base model weights: auto (bfloat16 on a GPU or a CPU with AMX or "
-                                                  "AVX-512 BF16, else float32) | float32 | bfloat16 | float16.")
+_DTYPE = typer.Option("auto", "--dtype", help="Base model weights: auto (bfloat16 on a GPU or a CPU with AMX, "
+                                                  "else float32) | float32 | bfloat16 | float16.")
 
 
 _QUANTIZE = typer.Option(None, "--quantize", help="int8: the base's linear layers as int8 (torchao), for inference.")

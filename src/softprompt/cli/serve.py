@@ -21,7 +21,7 @@ def serve(
     model: Optional[str] = typer.Option(None, "--model", "-m",
                                         help="Base model (default: the first prompt's own, else smollm2-135m)."),
     dtype: Optional[str] = typer.Option(
-        None, "--dtype", help="Base model weights: auto (bfloat16 on a GPU or a CPU with AMX or AVX-512 BF16, else "
+        None, "--dtype", help="Base model weights: auto (bfloat16 on a GPU or a CPU with AMX, else "
                               "float32) | float32 | bfloat16 | float16 (default: the --config YAML's dtype, else auto)."),
     quantize: Optional[str] = _QUANTIZE,
     library: Optional[Path] = _LIB,

@@ -1,11 +1,12 @@
 """Which floating-point type a base model's weights are read into: `auto` picks the fastest one the
 hardware runs well, an explicit name is kept (with a warning where it will be slow).
 
-bfloat16 is only fast on a CPU with bfloat16 dot-product instructions (AMX, or AVX-512 BF16): on an
-AVX2-only CPU a bfloat16 matmul ran 5.5x slower than float32 (PyTorch issue #146508 reports 44-499x),
-while on an AMD EPYC with avx512_bf16 the smollm2 MLP shape ran about 4.5x faster than float32.
-So `auto` never picks a type slower than float32: bfloat16 on a GPU that supports it and on a CPU
-with those instructions, float32 otherwise.
+bfloat16 is only fast on a CPU with bfloat16 matrix instructions: on an AVX2-only CPU a bfloat16
+matmul ran 5.5x slower than float32 (PyTorch issue #146508 reports 44-499x). AVX-512 BF16 alone is
+not enough: on a 2-core AMD EPYC with avx512_bf16 (no AMX) the smollm2 MLP matmul ran 4.5x faster in
+bfloat16, but a whole smollm2-135m forward pass ran at 0.68x float32 (norms, softmax and the casts
+between them cost more than the matmuls gain). So `auto` never picks a type slower than float32:
+bfloat16 on a GPU that supports it and on a CPU with AMX, float32 otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..errors import ConfigError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DTYPE_ENV = "SOFTPROMPT_DTYPE"  # what `auto` means here, e.g. float32 to pin it (the tests do)
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU instructions that make bfloat16 matmuls fast
+BF16_CPU_FLAGS = ("amx_bf16",)  # CPU instructions that make a whole bfloat16 pass faster than float32
 
 log = logging.getLogger("softprompt.models")
 
@@ -86,7 +87,8 @@ def choose_auto(device_type: str, *, flags: frozenset[str] | None = None,
     found = [f for f in BF16_CPU_FLAGS if f in (cpu_flags() if flags is None else flags)]
     if found:
         return DtypeChoice("bfloat16", f"auto: the CPU has {found[0]}")
-    return DtypeChoice("float32", "auto: the CPU has no AMX or AVX-512 BF16, where bfloat16 is slower than float32")
+    why = "avx512_bf16 without AMX" if "avx512_bf16" in (cpu_flags() if flags is None else flags) else "no AMX"
+    return DtypeChoice("float32", f"auto: the CPU has {why}, where a bfloat16 pass is slower than float32")
 
 
 def resolve(dtype: str | torch.dtype | None, device_type: str = "cpu", *,
@@ -102,6 +104,6 @@ def resolve(dtype: str | torch.dtype | None, device_type: str = "cpu", *,
         return chosen
     if dtype == "bfloat16" and device_type == "cpu":
         if not any(f in (cpu_flags() if flags is None else flags) for f in BF16_CPU_FLAGS):
-            warnings.warn("model.dtype=bfloat16 on a CPU without AMX or AVX-512 BF16: it runs slower than "
-                          "float32 here (dtype auto picks the faster one)", stacklevel=3)
+            warnings.warn("model.dtype=bfloat16 on a CPU without AMX: it runs slower than float32 here "
+                          "(dtype auto picks the faster one)", stacklevel=3)
     return DtypeChoice(dtype, "as asked")
