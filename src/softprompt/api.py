@@ -12,10 +12,13 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from .core import PromptedModel
+from .configs import ModelConfig
+from .core import PromptArtifact, PromptedModel
 from .engine import Engine, EnginePrompt, GenerationResult
 from .errors import ConfigError, DataError
 from .models import EMBEDDED, BaseModel, embedded_status
+from .models.precision import check_dtype
+from .models.quantize import check_quantize
 from .tasks.kinds import Prediction
 from .tasks.readers import Example
 from .tasks.runner import Prepared, generate_texts, predict_logits, register_units
@@ -40,12 +43,11 @@ from .training.run import (  # noqa: F401  (the API's names for the run-level fu
 def evaluate(artifact: str | Path | LoadedPrompt, data_path: str | Path, *, format: str = "auto",
              text_field: str | None = None, text_b_field: str | None = None, label_field: str | None = None,
              batch_size: int = 32, allow_model_mismatch: bool = False, base: BaseModel | None = None,
-             calibrate: bool | None = None) -> dict:
+             calibrate: bool | None = None, dtype: str = "auto", quantize: str | None = None) -> dict:
     """Accuracy, macro-F1 and the per-class report of a prompt on a labelled data file (calibrate:
-    contextual calibration on or off; None: as the artifact says)."""
-    loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(
-        artifact, base, allow_model_mismatch=allow_model_mismatch, calibrate=calibrate
-    )
+    contextual calibration on or off; None: as the artifact says; dtype, quantize: see attach)."""
+    loaded = attach(artifact, base, allow_model_mismatch=allow_model_mismatch, calibrate=calibrate, dtype=dtype,
+                    quantize=quantize)
     data = data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field, label_field=label_field)
     examples = read_split(str(data_path), data, kind=loaded.unit.task.kind)
     pm = PromptedModel(loaded.base)
@@ -55,13 +57,12 @@ def evaluate(artifact: str | Path | LoadedPrompt, data_path: str | Path, *, form
 
 def predict(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example], *, batch_size: int = 32,
             allow_model_mismatch: bool = False, base: BaseModel | None = None,
-            calibrate: bool | None = None) -> list[Prediction]:
+            calibrate: bool | None = None, dtype: str = "auto", quantize: str | None = None) -> list[Prediction]:
     """Label and class probabilities for each text (or Example, for text pairs); a tag per word for
     token labelling; the generated text for generation. calibrate: contextual calibration of a
-    classification prompt on or off (None: as the artifact says)."""
-    loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(
-        artifact, base, allow_model_mismatch=allow_model_mismatch, calibrate=calibrate
-    )
+    classification prompt on or off (None: as the artifact says); dtype, quantize: see attach."""
+    loaded = attach(artifact, base, allow_model_mismatch=allow_model_mismatch, calibrate=calibrate, dtype=dtype,
+                    quantize=quantize)
     key = loaded.unit.key
     examples = [loaded.unit.task.unlabelled(value, f"input {i + 1}") for i, value in enumerate(inputs)]
     return _predictions({key: loaded}, [key] * len(examples), examples, batch_size)
@@ -108,10 +109,10 @@ def predict_mixed(prompts: Mapping[str, LoadedPrompt], requests: Sequence[tuple[
 def predict_file(artifact: str | Path | LoadedPrompt, in_path: str | Path, out_path: str | Path | None = None, *,
                  format: str = "auto", text_field: str | None = None, text_b_field: str | None = None,
                  batch_size: int = 32, allow_model_mismatch: bool = False,
-                 calibrate: bool | None = None) -> list[Prediction]:
+                 calibrate: bool | None = None, dtype: str = "auto", quantize: str | None = None) -> list[Prediction]:
     """Predict every example of a file; with out_path, write one JSON object per line."""
-    loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(
-        artifact, allow_model_mismatch=allow_model_mismatch, calibrate=calibrate)
+    loaded = attach(artifact, allow_model_mismatch=allow_model_mismatch, calibrate=calibrate, dtype=dtype,
+                    quantize=quantize)
     data = data_config_of(loaded, format=format, text_field=text_field, text_b_field=text_b_field)
     examples = read_split(str(in_path), data, require_label=False, kind=loaded.unit.task.kind)
     predictions = predict(loaded, examples, batch_size=batch_size)
@@ -129,9 +130,27 @@ def predict_file(artifact: str | Path | LoadedPrompt, in_path: str | Path, out_p
     return predictions
 
 
-def _generation_prompt(artifact, base, allow_model_mismatch) -> LoadedPrompt:
-    loaded = artifact if isinstance(artifact, LoadedPrompt) else load_prompt(
-        artifact, base, allow_model_mismatch=allow_model_mismatch)
+def attach(artifact: str | Path | PromptArtifact | LoadedPrompt, base: BaseModel | str | None = None, *,
+           allow_model_mismatch: bool = False, calibrate: bool | None = None, dtype: str = "auto",
+           quantize: str | None = None) -> LoadedPrompt:
+    """A prompt on its base model: artifact as is when already loaded, else attached to base, or, when
+    base is a name or None (the artifact's own base model), to that base loaded in dtype (auto |
+    float32 | bfloat16 | float16) and quantized as quantize says (None | "int8": its linear layers,
+    for inference); a given BaseModel stays as it was loaded."""
+    check_dtype(dtype, "dtype")  # also when unused: a typo is an error, not a silent default
+    check_quantize(quantize, "quantize")
+    if isinstance(artifact, LoadedPrompt):
+        return artifact
+    if base is None or isinstance(base, str):
+        artifact = artifact if isinstance(artifact, PromptArtifact) else PromptArtifact.load(artifact)
+        artifact.require(*([] if base else ["base_model.name"]))
+        base = load_model(ModelConfig(name=base or artifact.meta["base_model"]["name"], dtype=dtype,
+                                      quantize=quantize))
+    return load_prompt(artifact, base, allow_model_mismatch=allow_model_mismatch, calibrate=calibrate)
+
+
+def _generation_prompt(artifact, base, allow_model_mismatch, dtype, quantize) -> LoadedPrompt:
+    loaded = attach(artifact, base, allow_model_mismatch=allow_model_mismatch, dtype=dtype, quantize=quantize)
     if not loaded.unit.task.decodes:
         raise ConfigError(f"{loaded.artifact.path or 'the prompt'} is a {loaded.unit.task.kind} prompt; generate and "
                           "stream take prompts of a task that generates (use predict)")
@@ -192,14 +211,15 @@ atexit.register(close_engines, wait=False)  # at exit nobody waits for a result:
 
 
 def generate(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example], *, base: BaseModel | None = None,
-             allow_model_mismatch: bool = False, **sampling) -> list[GenerationResult]:
+             allow_model_mismatch: bool = False, dtype: str = "auto", quantize: str | None = None,
+             **sampling) -> list[GenerationResult]:
     """Generated text for each input of a generation prompt, decoded together by the base model's
     engine (engine_of).
 
     sampling: SamplingParams fields (max_new_tokens, temperature, top_k, top_p, repetition_penalty,
     seed, num_beams, length_penalty, stop, stop_token_ids, ignore_eos, return_logits); the task's own
     max_new_tokens and beam settings by default, greedy unless temperature > 0."""
-    loaded = _generation_prompt(artifact, base, allow_model_mismatch)
+    loaded = _generation_prompt(artifact, base, allow_model_mismatch, dtype, quantize)
     task = loaded.unit.task
     params = task.sampling(**sampling)
     rows = [task.prepare(task.unlabelled(value, f"input {i + 1}")).prefix for i, value in enumerate(inputs)]
@@ -210,9 +230,10 @@ def generate(artifact: str | Path | LoadedPrompt, inputs: Sequence[str | Example
 
 
 def stream(artifact: str | Path | LoadedPrompt, text: str | Example, *, base: BaseModel | None = None,
-           allow_model_mismatch: bool = False, **sampling) -> Iterator[str]:
+           allow_model_mismatch: bool = False, dtype: str = "auto", quantize: str | None = None,
+           **sampling) -> Iterator[str]:
     """The generated text of one input, piece by piece as it is decoded (joined: what generate gives)."""
-    loaded = _generation_prompt(artifact, base, allow_model_mismatch)
+    loaded = _generation_prompt(artifact, base, allow_model_mismatch, dtype, quantize)
     task = loaded.unit.task
     params = task.sampling(**sampling)
     row = task.prepare(task.unlabelled(text, "input")).prefix

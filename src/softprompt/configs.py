@@ -140,13 +140,20 @@ class ModelConfig:
     """The frozen base model."""
 
     name: str = "smollm2-135m"  # embedded name, Hugging Face id (downloaded when the Hub is reachable) or local directory
-    dtype: str = "float32"  # float32 | bfloat16 | float16: the weights are read straight into it
+    # auto | float32 | bfloat16 | float16: the weights are read straight into it; auto is bfloat16 on a
+    # GPU and on a CPU with AMX, float32 elsewhere (models.precision)
+    dtype: str = "auto"
+    quantize: str | None = None  # int8: the linear layers as int8 through torchao, for inference (not training)
     device: str = "auto"  # auto (cuda when present) | cpu | cuda | cuda:N
     device_map: str | dict[str, Any] | None = None  # as transformers' (auto: spread over GPUs and CPU); replaces device
 
     def __post_init__(self):
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"model.dtype={self.dtype!r} is not one of: float32, bfloat16, float16")
+        from .models.precision import check_dtype
+
+        from .models.quantize import check_quantize
+
+        check_dtype(self.dtype)
+        self.quantize = check_quantize(self.quantize)
 
 
 @dataclass
@@ -324,6 +331,9 @@ class RunConfig:
     tasks: list[TaskEntry] = field(default_factory=list)
 
     def __post_init__(self):
+        if self.model.quantize:  # a run config trains: gradients do not pass torchao's int8 layers
+            raise ConfigError(f"model.quantize={self.model.quantize} is for inference (predict, eval, serve); train on "
+                              "the float base: the prompt then loads onto the quantized one")
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ConfigError(f"tasks: names must differ, got {names}")

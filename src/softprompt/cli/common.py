@@ -14,6 +14,23 @@ _LIB = typer.Option(None, "--library", "-L", envvar="SOFTPROMPT_LIBRARY",
                     help="Library directory (default: $SOFTPROMPT_LIBRARY or ~/.local/share/softprompt/library).")
 
 
+_DTYPE = typer.Option("auto", "--dtype", help="Base model weights: auto (bfloat16 on a GPU or a CPU with AMX, "
+                                                  "else float32) | float32 | bfloat16 | float16.")
+
+
+_QUANTIZE = typer.Option(None, "--quantize", help="int8: the base's linear layers as int8 (torchao), for inference.")
+
+
+def _check_precision(dtype: str | None, quantize: str | None = None) -> None:
+    """One error line (exit 2) for a --dtype or --quantize that is not one of the names, before anything loads."""
+    from ..models.precision import check_dtype
+    from ..models.quantize import check_quantize
+
+    if dtype is not None:
+        _run(check_dtype, dtype, "--dtype")
+    _run(check_quantize, quantize, "--quantize")
+
+
 def _fail(message: str, code: int = 2):
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)

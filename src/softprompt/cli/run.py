@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import _fail, _run
+from .common import _DTYPE, _QUANTIZE, _check_precision, _fail, _run
 
 
 def train(
@@ -44,14 +44,17 @@ def eval_(
     calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate",
                                              help="Contextual calibration of a classification prompt's label "
                                                   "probabilities (default: as the prompt's task says)."),
+    dtype: str = _DTYPE,
+    quantize: Optional[str] = _QUANTIZE,
 ):
     """Evaluate a prompt on labelled data: accuracy, macro-F1 and a per-class report."""
     from .. import api
     from ..tasks.metrics import format_report
 
+    _check_precision(dtype, quantize)
     metrics = _run(api.evaluate, artifact, data, format=format, text_field=text_field, text_b_field=text_b_field,
                    label_field=label_field, batch_size=batch_size, allow_model_mismatch=allow_model_mismatch,
-                   calibrate=calibrate)
+                   calibrate=calibrate, dtype=dtype, quantize=quantize)
     typer.echo(json.dumps(metrics, indent=1) if as_json else format_report(metrics))
 
 
@@ -67,6 +70,8 @@ def predict(
     calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate",
                                              help="Contextual calibration of a classification prompt's label "
                                                   "probabilities (default: as the prompt's task says)."),
+    dtype: str = _DTYPE,
+    quantize: Optional[str] = _QUANTIZE,
 ):
     """Predict the label and probabilities of a text, or of every example of a file (JSONL out)."""
     from .. import api
@@ -74,9 +79,11 @@ def predict(
 
     if (text is None) == (file is None):
         _fail("give either a TEXT or --file PATH")
+    _check_precision(dtype, quantize)
     if file is not None:
         preds = _run(api.predict_file, artifact, file, out, format=format, batch_size=batch_size,
-                     allow_model_mismatch=allow_model_mismatch, calibrate=calibrate)
+                     allow_model_mismatch=allow_model_mismatch, calibrate=calibrate, dtype=dtype,
+                     quantize=quantize)
         if out is None:
             for p in preds:
                 typer.echo(json.dumps({"source": p.source, "text": p.text, "label": p.label,
@@ -85,7 +92,8 @@ def predict(
             typer.echo(f"wrote {len(preds)} predictions to {out}")
         return
     (pred,) = _run(api.predict, artifact, [Example(text=text, text_b=text_b, source="text")],
-                   batch_size=batch_size, allow_model_mismatch=allow_model_mismatch, calibrate=calibrate)
+                   batch_size=batch_size, allow_model_mismatch=allow_model_mismatch, calibrate=calibrate, dtype=dtype,
+                   quantize=quantize)
     if pred.tags is not None:
         typer.echo(" ".join(f"{word}/{tag}" for word, tag in zip(pred.text.split(" "), pred.tags)))
         return

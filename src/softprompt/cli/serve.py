@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import _LIB, _fail, _run
+from .common import _LIB, _QUANTIZE, _check_precision, _fail, _run
 
 
 def serve(
@@ -20,6 +20,10 @@ def serve(
                                           help="YAML: {model: ..., library: ..., prompts: {name: path | {library: ref}}}."),
     model: Optional[str] = typer.Option(None, "--model", "-m",
                                         help="Base model (default: the first prompt's own, else smollm2-135m)."),
+    dtype: Optional[str] = typer.Option(
+        None, "--dtype", help="Base model weights: auto (bfloat16 on a GPU or a CPU with AMX, else "
+                              "float32) | float32 | bfloat16 | float16 (default: the --config YAML's dtype, else auto)."),
+    quantize: Optional[str] = _QUANTIZE,
     library: Optional[Path] = _LIB,
     prompt_dir: Optional[List[Path]] = typer.Option(
         None, "--prompt-dir", help="A directory the admin route may load prompt files from (repeatable); "
@@ -43,6 +47,7 @@ def serve(
     prompts named, the bundled demo prompt on the embedded default model."""
     from ..serve import ServeSettings, build_registry, run
 
+    _check_precision(dtype, quantize)
     token = os.environ.get("SOFTPROMPT_ADMIN_TOKEN")
     if admin_token_file is not None:
         if not admin_token_file.is_file():
@@ -58,6 +63,7 @@ def serve(
         pairs.append((name, path))
     registry = _run(build_registry, model=model, prompts=pairs, library_refs=library_prompt or [], config=config,
                     library=library, serve_base=not no_base, prompt_dirs=prompt_dir or [],
+                    dtype=dtype, quantize=quantize,
                     engine_options={"max_queue": max_queue, "max_batch_rows": max_batch_rows,
                                     "max_running": max_running}, log=typer.echo)
     names = ", ".join(registry.names())

@@ -16,6 +16,8 @@ from ..errors import ModelError
 from .families import ModelInfo, ModelKind, describe, kind_of
 from .fingerprint import VERSION as FINGERPRINT_VERSION
 from .fingerprint import fingerprint_v1, fingerprints
+from .precision import resolve as resolve_dtype
+from .quantize import check_quantize, quantize_model
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,8 @@ class BaseModel:
     fingerprint: str = field(default="")  # models.fingerprint: the same in float32, bfloat16, float16
     weights: str = field(default="")  # the bfloat16 values' digest, beside the fingerprint's signs
     sharding: str | None = None  # how its blocks are sharded over data-parallel processes (None: whole here)
+    precision: str = ""  # the dtype it was loaded in and why (models.precision), e.g. "bfloat16 (auto: ...)"
+    quantize: str | None = None  # "int8": its linear layers quantized (models.quantize); fingerprinted before
     _fingerprint_v1: str | None = field(default=None, repr=False)
 
     @property
@@ -239,7 +243,7 @@ def skeleton_base(name_or_path: str, *, model_class: str, fingerprint: str, weig
     local = _hub_options(path)
     config = AutoConfig.from_pretrained(path, **local)
     with torch.device("meta"):
-        model = getattr(transformers, model_class)._from_config(config, dtype=_torch_dtype(dtype) or torch.float32)
+        model = getattr(transformers, model_class)._from_config(config, dtype=resolve_dtype(dtype, "cpu").torch_dtype)
     freeze(model)
     tokenizer = AutoTokenizer.from_pretrained(path, **local)
     _with_pad_token(tokenizer)
@@ -250,9 +254,11 @@ def skeleton_base(name_or_path: str, *, model_class: str, fingerprint: str, weig
 _LOADED: dict[tuple, BaseModel] = {}
 
 
-def _torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
-    """model.dtype as from_pretrained takes it: a torch dtype for a name ("bfloat16"), "auto" or None as is."""
-    return getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+def _target_device_type(device: str | None, device_map) -> str:
+    """Where the weights will run, for dtype auto: device_map puts them on the GPUs when there are any."""
+    if device_map is not None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device).type if device else "cpu"
 
 
 def _hub_options(path: str) -> dict:
@@ -297,22 +303,27 @@ def load_base(
     name_or_path: str = DEFAULT_MODEL,
     *,
     kind: str | ModelKind | None = None,
-    dtype: str | torch.dtype | None = None,
+    dtype: str | torch.dtype | None = "auto",
     device: str | None = None,
     device_map: str | dict | None = None,
+    quantize: str | None = None,
     reuse: bool = True,
 ) -> BaseModel:
     """Load and freeze a base model by embedded name, Hugging Face id (downloaded when the Hub is
     reachable, else taken from the Hugging Face cache) or local directory.
 
-    dtype: the weights are read straight into it (no float32 copy first). device_map: as
+    dtype: the weights are read straight into it (no float32 copy first); "auto" (or None) picks
+    bfloat16 where the device runs it fast, else float32 (models.precision). quantize: "int8" for the
+    linear layers (inference only; models.quantize), fingerprinted as the unquantized model. device_map: as
     transformers' (e.g. "auto": the layers spread over the GPUs and the CPU); then device is unused."""
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    key = (name_or_path, str(kind), str(dtype), str(device), str(device_map))
+    chosen = resolve_dtype(dtype, _target_device_type(device, device_map))
+    quantize = check_quantize(quantize)
+    key = (name_or_path, str(kind), chosen.dtype, str(device), str(device_map), quantize)
     if reuse and key in _LOADED:
         return _LOADED[key]
     started = time.perf_counter()
@@ -327,21 +338,26 @@ def load_base(
             raise _not_found(name_or_path, bool(hub), reason) from None
         raise ModelError(f"cannot load model {name_or_path!r}: {reason}") from None
     model_kind = ModelKind(kind) if kind else kind_of(config)
-    torch_dtype = _torch_dtype(dtype)
+    torch_dtype = chosen.torch_dtype
     auto_class = getattr(transformers, _AUTO_CLASSES[model_kind])
     placement = {"device_map": device_map} if device_map is not None else {}
     try:
         model = None
         if model_kind is ModelKind.ENCODER and has_mlm_checkpoint(config):
-            model = _load_masked_lm(path, torch_dtype or torch.float32, name_or_path, **hub, **placement)
+            model = _load_masked_lm(path, torch_dtype, name_or_path, **hub, **placement)
         if model is None:
-            model = auto_class.from_pretrained(path, dtype=torch_dtype or torch.float32, **hub, **placement)
+            model = auto_class.from_pretrained(path, dtype=torch_dtype, **hub, **placement)
         tokenizer = AutoTokenizer.from_pretrained(path, **hub)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None
     if device and device_map is None:
         model.to(device)
     base = wrap_model(model, tokenizer, display, model_kind)
+    base.precision = chosen.describe()
+    if quantize:
+        count = quantize_model(model, quantize, display)
+        base.quantize = quantize
+        base.precision += f", {count} linear layers {quantize}"
     base.load_seconds = time.perf_counter() - started
     _LOADED[key] = base
     return base

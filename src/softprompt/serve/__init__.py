@@ -45,14 +45,19 @@ def demo_prompt(log=print) -> Path:
 def build_registry(*, model: str | None = None, prompts: Sequence[tuple[str, str]] = (), library_refs: Sequence[str] = (),
                    config: str | Path | None = None, library: str | Path | None = None, serve_base: bool = True,
                    engine_options: dict | None = None, prompt_dirs: Sequence[str | Path] = (),
-                   log=print) -> PromptRegistry:
+                   dtype: str | None = None, quantize: str | None = None, log=print) -> PromptRegistry:
     """Load the base model and every named prompt (files as (name, path), library references, a
     YAML list); with none named, the bundled demo prompt on the embedded default model. prompt_dirs
     (and the YAML's prompt_dir): where admin loads may read files; none named, the directories of
-    the prompt files loaded here."""
+    the prompt files loaded here. dtype: the base's weights (auto | float32 | bfloat16 | float16;
+    None: the YAML's dtype, else auto); quantize: "int8" for its linear layers (None: the YAML's
+    quantize, else none)."""
     from ..api import load_model
+    from ..configs import ModelConfig
     from ..core import PromptArtifact
     from ..engine import Engine
+    from ..models.precision import check_dtype
+    from ..models.quantize import check_quantize
 
     prompts = list(prompts)
     library_refs = list(library_refs)
@@ -60,6 +65,10 @@ def build_registry(*, model: str | None = None, prompts: Sequence[tuple[str, str
     if config is not None:
         listed = read_prompt_list(config)
         model = model or listed.get("model")
+        if dtype is None and listed.get("dtype") is not None:
+            dtype = check_dtype(str(listed["dtype"]), f"{config}: dtype")
+        if quantize is None and listed.get("quantize") is not None:
+            quantize = check_quantize(str(listed["quantize"]), f"{config}: quantize")
         library = library or listed.get("library")
         prompt_dirs += [Path(d) for d in listed.get("prompt_dir", [])]
         for name, spec in listed["prompts"].items():
@@ -79,7 +88,9 @@ def build_registry(*, model: str | None = None, prompts: Sequence[tuple[str, str
         if prompts:
             model = PromptArtifact.load(prompts[0][1]).meta.get("base_model", {}).get("name")
         model = model or "smollm2-135m"
-    base = load_model(model)
+    base = load_model(ModelConfig(name=model, dtype=check_dtype(dtype or "auto", "dtype"),
+                                  quantize=check_quantize(quantize, "quantize")))
+    log(f"base model {base.name} in {base.precision}")
     engine = Engine(base, **(engine_options or {}))
     registry = PromptRegistry(base, engine, library, prompt_dirs or None)
     names = set()

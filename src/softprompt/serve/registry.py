@@ -191,9 +191,9 @@ class PromptRegistry:
 
 
 def read_prompt_list(path: str | Path) -> dict[str, Any]:
-    """A YAML file of prompts to serve: {model: ..., library: ..., prompt_dir: dir | [dirs], prompts:
-    {name: path | {library: ref}}}; relative paths are relative to the file's folder, and prompt_dir
-    comes back as a list."""
+    """A YAML file of prompts to serve: {model: ..., dtype: ..., quantize: ..., library: ...,
+    prompt_dir: dir | [dirs], prompts: {name: path | {library: ref}}}; relative paths are relative to
+    the file's folder, and prompt_dir comes back as a list."""
     import yaml
 
     path = Path(path)
@@ -205,9 +205,10 @@ def read_prompt_list(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("prompts"), dict) or not data["prompts"]:
         raise ConfigError(f"{path}: expected a mapping with 'prompts: {{name: path or {{library: ref}}}}'")
-    unknown = set(data) - {"model", "library", "prompt_dir", "prompts"}
+    unknown = set(data) - {"model", "dtype", "quantize", "library", "prompt_dir", "prompts"}
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)} (known: model, library, prompt_dir, prompts)")
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)} "
+                          "(known: model, dtype, quantize, library, prompt_dir, prompts)")
     for name, spec in data["prompts"].items():
         ok = isinstance(spec, str) or (isinstance(spec, dict) and set(spec) == {"library"} and isinstance(spec["library"], str))
         if not ok:

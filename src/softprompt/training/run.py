@@ -66,7 +66,8 @@ def load_model(config: ModelConfig | Mapping | str) -> BaseModel:
         if key not in _SHARDED:
             _SHARDED[key] = _load_sharded(config, procs)
         return _SHARDED[key]
-    return load_base(config.name, dtype=config.dtype, device=device, device_map=config.device_map)
+    return load_base(config.name, dtype=config.dtype, device=device, device_map=config.device_map,
+                     quantize=config.quantize)
 
 
 _SHARDED: dict[tuple, BaseModel] = {}
