@@ -87,6 +87,23 @@ def test_train_predict_eval_info(trained):
     assert out.returncode == 0 and "prompt_tuning" in out.stdout
 
 
+def test_train_into_a_log_file_writes_plain_lines(tmp_path):
+    """Output that is no terminal (CI, `> run.log 2>&1`) gets a plain line every log_every steps
+    instead of progress-bar frames redrawn with carriage returns."""
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run_config(tmp_path, steps=6, eval_every=3, log_every=2)))
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        done = subprocess.run([*CLI, "train", path], stdout=out, stderr=subprocess.STDOUT, timeout=300,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert [line.split(" loss ")[0] for line in lines if " loss " in line] == ["step 2/6", "step 4/6", "step 6/6"]
+    assert any(line.startswith("step 3: dev accuracy") for line in lines) and "done:" in lines[-1]
+
+
 def error_line(result) -> str:
     """The one line a failed command printed (asserting exit code 2, one line, no traceback)."""
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)

@@ -67,7 +67,15 @@ def test_a_diverging_run_keeps_the_starting_prompt_and_says_so(tmp_path):
     assert json.loads((run.run_dir / "metrics.json").read_text())["kept_start"] is True
     assert saved.meta["training"]["kept_start"] is True and saved.meta["training"]["best_step"] == 0
     assert any("no evaluation beat the starting prompt" in line for line in lines)
-    assert "the starting prompt" in lines[-1] and "lower" in lines[-1]  # the exit line
+    assert any("at best" in line and "later" in line for line in lines)  # how far below the start it fell
+    # The exit line says what to do: which rate to try, or the sweep command for this very config.
+    assert "the starting prompt" in lines[-1] and "training.lr=33 (a third)" in lines[-1]
+    sweep_line = lines[-1].split("let a sweep choose: ")[1].split()
+    assert sweep_line[:3] == ["softprompt", "sweep", str(run.run_dir / "config.yaml")]
+    assert sweep_line[3:] == ["--lr", "10", "--lr", "33", "--lr", "1e+02"]
+    from softprompt.configs import load_run_config
+
+    assert load_run_config(sweep_line[2]).training.lr == 100  # the written config loads as the sweep reads it
     assert not good.kept_start
 
 

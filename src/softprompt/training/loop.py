@@ -338,6 +338,8 @@ class _Fit:
         self.eval_seconds = 0.0  # excluded from training time and speed
         self.writer = None
         self.say: Callable[[str], None] = lambda message: None
+        self.plain_progress = False  # train() decides: progress wanted, but the output is no terminal
+        self.started, self.seen = time.perf_counter(), 0
 
     def start(self, resume: bool) -> None:
         """Continue from the run dir's latest checkpoint (resume) or start at step 0."""
@@ -368,10 +370,14 @@ class _Fit:
         started = time.perf_counter()
         seen = 0
         stopped_early = False
-        bar = tqdm(total=config.steps, initial=self.step, disable=not (self.progress and procs.main), desc="train",
-                   unit="step", dynamic_ncols=True)
+        # disable=None: a bar in a terminal only; a log file or CI gets plain lines, not redrawn frames
+        bar = tqdm(total=config.steps, initial=self.step, disable=None if (self.progress and procs.main) else True,
+                   desc="train", unit="step", dynamic_ncols=True)
         if procs.main:  # lines that must not break the bar
-            self.say = bar.write if self.progress else (self.log or self.say)
+            self.say = bar.write if self.progress and not bar.disable else (self.log or self.say)
+        # Wanted progress but no terminal: a plain line every log_every steps stands in for the bar.
+        self.plain_progress = self.progress and procs.main and bool(bar.disable)
+        self.started, self.seen = started, 0
         for unit in self.units.values():
             unit.train()
         # Accelerate's fsdp_activation_checkpointing asks for the same as training.gradient_checkpointing.
@@ -391,6 +397,7 @@ class _Fit:
                 self.step += 1
                 step = self.step
                 seen += len(idx)
+                self.seen = seen
                 self.running.append(loss_value)
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(f"loss became {loss_value} at step {step}; lower training.lr")
@@ -477,6 +484,10 @@ class _Fit:
     def log_losses(self) -> None:
         mean_loss = sum(self.running) / len(self.running)
         lr = self.scheduler.get_last_lr()[0]
+        if self.plain_progress:
+            elapsed = time.perf_counter() - self.started - self.eval_seconds
+            self.say(f"step {self.step}/{self.config.steps} loss {mean_loss:.4f} lr {lr:.3g} "
+                     f"{self.seen / max(elapsed, 1e-9):.1f} samples/s")
         self.history.append({"step": self.step, "loss": mean_loss, "lr": lr})
         if self.writer:
             self.writer.add_scalar("train/loss", mean_loss, self.step)
@@ -544,8 +555,11 @@ class _Fit:
                 self.best_tensors[key] = export_unit(unit)  # nothing to choose by: the last prompt
             kept_start = evaluated and step > 0 and best[key]["step"] == 0
             if kept_start:
+                name = self.metrics[key] if self.single else f"{key}/{self.metrics[key]}"
+                later = max(((h[name], -h["step"]) for h in self.history if h["step"] > 0 and name in h), default=None)
+                since = "" if later is None else f", at best {later[0]:.4f} later, at step {-later[1]}"
                 self.say(f"no evaluation beat the starting prompt (dev {self.metric_name(key)} "
-                         f"{best[key]['metric']:.4f} at step 0): keeping it")
+                         f"{best[key]['metric']:.4f} at step 0{since}): keeping it")
             per_task[key] = TaskBest(tensors=self.best_tensors.get(key, {}), metric=best[key]["metric"],
                                      step=best[key]["step"] if evaluated else step, kept_start=kept_start)
         if self.procs.main:

@@ -213,6 +213,19 @@ def _set_up(name, key, task_section, method_section, data, training, base, lr) -
                     dev_examples, dev_items, lr, trainable)
 
 
+def kept_start_advice(run: _TaskRun, steps: int, run_dir: Path) -> str:
+    """Why the artifact holds the starting prompt, and what to run next: a learning rate past the edge
+    of stability only makes a prompt worse, so a third of it, or a sweep over rates around it."""
+    option = "training.lr" if run.key == "task" else f"tasks.{run.name}.lr"
+    lower = f"{run.lr / 3:.2g}"
+    advice = (f": the starting prompt, since no evaluation in {steps} steps beat it; at {option}={run.lr:g} "
+              f"training made it worse. Try a lower rate, {option}={lower} (a third), ")
+    if run.key != "task":  # a sweep trains one task: it cannot take a run of several
+        return advice + "or sweep this task alone"
+    rates = " ".join(f"--lr {rate:.2g}" for rate in (run.lr / 10, run.lr / 3, run.lr))
+    return advice + f"or let a sweep choose: softprompt sweep {run_dir / 'config.yaml'} {rates}"
+
+
 def _save_task(run: _TaskRun, best, run_dir: Path, base: BaseModel, pm: PromptedModel, training: TrainingConfig,
                result, log: Callable[[str], None]) -> TrainResult:
     """Write a task's artifact (its kept prompt) and metrics into run_dir, scored as a user would load it."""
@@ -259,9 +272,7 @@ def _save_task(run: _TaskRun, best, run_dir: Path, base: BaseModel, pm: Prompted
         # Beside the splits: which evaluation the artifact comes from, and whether training improved on the start.
         (run_dir / "metrics.json").write_text(json.dumps(
             {**metrics, "best_step": best.step, "kept_start": best.kept_start}, indent=1))
-    option = "training.lr" if run.key == "task" else f"tasks.{run.name}.lr"
-    kept = (f": the starting prompt, since no evaluation in {result.steps_done} steps beat it ({option}={run.lr:g}; "
-            "try a lower one, or `softprompt sweep`)") if best.kept_start else ""
+    kept = kept_start_advice(run, result.steps_done, run_dir) if best.kept_start else ""
     log(f"saved {path} ({path.stat().st_size:,} bytes){kept}")
     return TrainResult(
         artifact=path,
