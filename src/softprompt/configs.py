@@ -135,6 +135,26 @@ def to_dict(obj) -> Any:
     return obj
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # model.dtype (auto: models.precision decides)
+QUANTIZE = ("none", "int8")  # model.quantize (models.quantize does it)
+
+
+def check_dtype(dtype: str, where: str = "model.dtype") -> str:
+    """dtype if it is one of DTYPES, else a ConfigError naming them."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"{where}={dtype!r} is not one of: {', '.join(DTYPES)}")
+    return dtype
+
+
+def check_quantize(quantize: str | None, where: str = "model.quantize") -> str | None:
+    """quantize as a config keeps it (None for none), or a ConfigError naming the choices."""
+    if quantize is None or quantize == "none":
+        return None
+    if quantize not in QUANTIZE:
+        raise ConfigError(f"{where}={quantize!r} is not one of: {', '.join(QUANTIZE)}")
+    return quantize
+
+
 @dataclass
 class ModelConfig:
     """The frozen base model."""
@@ -148,10 +168,6 @@ class ModelConfig:
     device_map: str | dict[str, Any] | None = None  # as transformers' (auto: spread over GPUs and CPU); replaces device
 
     def __post_init__(self):
-        from .models.precision import check_dtype
-
-        from .models.quantize import check_quantize
-
         check_dtype(self.dtype)
         self.quantize = check_quantize(self.quantize)
 

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
+from ..configs import DTYPES, check_dtype  # noqa: F401  (the checks live with the configs they check)
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 DTYPE_ENV = "SOFTPROMPT_DTYPE"  # what `auto` means here, e.g. float32 to pin it (the tests do)
 BF16_CPU_FLAGS = ("amx_bf16",)  # CPU instructions that make a whole bfloat16 pass faster than float32
 
@@ -41,13 +40,6 @@ class DtypeChoice:
 
     def describe(self) -> str:
         return f"{self.dtype} ({self.reason})"
-
-
-def check_dtype(dtype: str, where: str = "model.dtype") -> str:
-    """dtype if it is one of DTYPES, else a ConfigError naming them."""
-    if dtype not in DTYPES:
-        raise ConfigError(f"{where}={dtype!r} is not one of: {', '.join(DTYPES)}")
-    return dtype
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:

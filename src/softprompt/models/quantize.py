@@ -13,19 +13,10 @@ import importlib.util
 
 import torch
 
+from ..configs import QUANTIZE, check_quantize  # noqa: F401  (the checks live with the configs they check)
 from ..errors import ConfigError, ModelError
 
-QUANTIZE = ("none", "int8")
 INSTALL = "pip install 'softprompt[quantize]' (torchao)"
-
-
-def check_quantize(quantize: str | None, where: str = "model.quantize") -> str | None:
-    """quantize as a config keeps it (None for none), or a ConfigError naming the choices."""
-    if quantize is None or quantize == "none":
-        return None
-    if quantize not in QUANTIZE:
-        raise ConfigError(f"{where}={quantize!r} is not one of: {', '.join(QUANTIZE)}")
-    return quantize
 
 
 def _kept_float(model: torch.nn.Module) -> set[int]:
