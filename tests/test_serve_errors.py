@@ -96,7 +96,8 @@ def test_a_body_that_is_not_sent_as_json_is_a_400_in_openai_shape(live, route, c
 
 def test_a_real_form_post_is_a_400_in_openai_shape(live):
     response = httpx.post(f"{live.url}/v1/classify", data={"model": "sentiment", "input": "great"}, timeout=30)
-    openai_error(response, 400, "invalid_content_type")
+    error = openai_error(response, 400, "invalid_content_type")  # status, shape and code checked inside
+    assert error["type"] == "invalid_request_error" and "JSON" in error["message"]
 
 
 @pytest.mark.parametrize("method, route, allowed", [

@@ -92,8 +92,10 @@ def test_what_real_clients_send_is_accepted():
 
 
 def test_values_that_ask_nothing_of_an_unimplemented_field_pass():
-    _completion(presence_penalty=0.0, frequency_penalty=0, logit_bias={}, echo=False, best_of=1
-                ).to_sampling_params(512)
+    # accepted (no APIError) and without effect: the same sampling as a request that leaves them out
+    asked = _completion(presence_penalty=0.0, frequency_penalty=0, logit_bias={}, echo=False, best_of=1
+                        ).to_sampling_params(512)
+    assert asked == _completion().to_sampling_params(512)
 
 
 @pytest.mark.parametrize("fields, param", [({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"stop": [""]}, "stop"),
