@@ -17,6 +17,10 @@ Tasks (data from ../shared/data, written as JSONL under --work):
 - sst2: SST-2 at the README budget (`bench/methods_smollm2.py --method prompt_tuning`'s config:
   20 tokens from the text init, lr 3e-2, no warmup, max length 84, one evaluation at step 64,
   the full 872-sentence dev set); `--default-config` drops those settings for the library's defaults
+- sst5: SST-5 (stsa.fine.*, 5 ordinal classes, terrible / bad / okay / good / great) with issue 24's
+  config: 20 tokens from the text init "Rate the sentiment of the review from terrible to great.",
+  max length 84, 64 steps of 16, eval every 32 (steps 0, 32, 64) on the 1101-sentence dev set, the
+  kept prompt scored on test (2210); the row's gain is the kept dev accuracy minus step 0's
 
     OMP_NUM_THREADS=1 python bench/multiclass_defaults.py --task trec --seed 0 --out bench/results/multiclass_after.jsonl
     OMP_NUM_THREADS=1 python bench/multiclass_defaults.py --task trec --seed 0 --hard-prompt --out ...   # zero-shot
@@ -52,6 +56,8 @@ TASKS = {
     "rating": {"template": "Description: {text}\nCustomer rating: {mask}",
                "words": {v: v for v in ("low", "average", "high")}},
     "sst2": {"template": "Review: {text}\nSentiment: {mask}", "words": {"0": "negative", "1": "positive"}},
+    "sst5": {"template": "Review: {text}\nSentiment: {mask}",
+             "words": {"0": "terrible", "1": "bad", "2": "okay", "3": "good", "4": "great"}},
 }
 
 
@@ -100,6 +106,8 @@ def data_files(task: str, work: Path) -> dict[str, str | None]:
     if task == "sst2":
         return {"train": str(SC / "stsa.binary.train"), "dev": str(SC / "stsa.binary.dev"), "test": None,
                 "format": "label-first"}
+    if task == "sst5":
+        return {split: str(SC / f"stsa.fine.{split}") for split in ("train", "dev", "test")} | {"format": "label-first"}
     if not (d / f"{task}.test.jsonl").exists():
         if task == "food":
             train, dev, test = _split_mrs(_e2e(SHARED / "e2e" / "testset_w_refs.csv", "food", FOOD), (0.6, 0.15, 0.25))
@@ -128,6 +136,11 @@ def run_config(a) -> dict:
         config["method"] = {"name": "prompt_tuning", "num_virtual_tokens": 20, "init": "text",
                             "init_text": "Classify the sentiment of the review as positive or negative."}
         config["training"].update(lr=0.03, warmup=0, eval_every=64)
+    if a.task == "sst5":  # issue 24's config
+        config["task"]["max_length"] = 84
+        config["method"] = {"name": "prompt_tuning", "num_virtual_tokens": 20, "init": "text",
+                            "init_text": "Rate the sentiment of the review from terrible to great."}
+        config["training"].update(eval_every=32)
     if a.hard_prompt:
         config["method"] = {"name": "hard_prompt"}
     return config
@@ -226,6 +239,7 @@ def run(a) -> dict:
         "test_accuracy": result.metrics.get("test", {}).get("accuracy"),
         "scored_on": split, f"{split}_majority": round(majority(path, file_format(config)), 4),
         "predicted_share": predicted_share(result.artifact, path, config, base) if a.shares else None,
+        "start_dev_accuracy": next((h["accuracy"] for h in result.history if h["step"] == 0 and "accuracy" in h), None),
         "best_step": result.best_step, "kept_start": result.metrics.get("kept_start"),
         "train_seconds": round(result.train_seconds, 1), "wall_seconds": round(time.time() - started),
         "history": result.history, "probes": probes, "machine": machine(),

@@ -238,3 +238,44 @@ def test_model_dropout_is_on_in_training_steps_and_off_in_evaluation(tmp_path):
         # the training losses, not the kept prompts: both runs may keep the starting prompt (step 0)
         losses.append([h["loss"] for h in result.history if "loss" in h])
     assert losses[0] != losses[1]
+
+
+def test_capped_step_limits_each_step_to_a_share_of_the_tensors_norm():
+    from softprompt.training.loop import capped_step
+
+    capped, free = (torch.nn.Parameter(torch.full((4, 8), 0.1)) for _ in range(2))
+    opt = torch.optim.AdamW([{"params": [capped], "lr": 1.0, "max_update": 0.02},
+                             {"params": [free], "lr": 1.0, "max_update": 0.0}])
+    for _ in range(3):
+        before = (capped.detach().clone(), free.detach().clone())
+        opt.zero_grad()
+        (capped.sum() + free.sum()).backward()
+        capped_step(opt, opt.step)
+        assert (capped.detach() - before[0]).norm() <= 0.02 * before[0].norm() * (1 + 1e-6)
+        assert (free.detach() - before[1]).norm() > 0.5 * before[1].norm()  # an uncapped Adam step of lr 1
+
+
+def test_a_cap_on_the_relative_update_bounds_how_far_a_huge_rate_moves_the_prompt(tmp_path):
+    """At lr 10 an Adam step moves each coordinate by about 10; with training.max_update=0.02, 12 steps
+    move the prompt by at most 1.02^12 - 1 = 27% of its starting norm. The start is a run whose cap
+    (1e-9) leaves it where it began; every run starts from the same vocab init."""
+    prompts = {}
+    for cap in (1e-9, 0.02, 0):
+        config = run_config(tmp_path, steps=12, lr=10.0, warmup=0, max_update=cap, eval_start=False, eval_every=12)
+        config["output"] = str(tmp_path / f"run-{cap}")
+        result = api.train(config, progress=False, log=lambda s: None)
+        prompts[cap] = PromptArtifact.load(result.artifact).tensors["prompt.input"].float()
+    start = prompts[1e-9]
+    bound = (1.02 ** 12 - 1) * start.norm()
+    assert (prompts[0.02] - start).norm() <= bound * 1.001
+    assert (prompts[0.02] - start).norm() > 0.5 * bound  # it did move, as far as the cap lets it
+    assert (prompts[0] - start).norm() > 10 * bound  # without the cap (the default) lr 10 flings it far away
+
+
+@pytest.mark.parametrize("bad", [-0.1, "auto", True])
+def test_a_cap_that_is_no_number_at_or_above_zero_is_refused(bad):
+    from softprompt.configs import TrainingConfig
+    from softprompt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="training.max_update"):
+        TrainingConfig(max_update=bad)

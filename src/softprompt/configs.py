@@ -242,6 +242,10 @@ class TrainingConfig:
     weight_decay: float = 0.0
     warmup: float = 0.06  # fraction of steps (< 1) or a number of steps (>= 1)
     max_grad_norm: float = 1.0
+    # Cap on each step's relative change of a prompt tensor, ||p_t - p_(t-1)|| / ||p_(t-1)|| (a trust
+    # ratio, as LAMB's; 0: none). Heads are never capped. Off by default: 0.02 removed SST-5's early
+    # swings' cause but cost TREC 7 points (BENCHMARKS.md, issue 24).
+    max_update: float = 0.0
     eval_every: int = 50  # steps between dev evaluations (the best prompt is kept)
     eval_start: bool = True  # also score the starting prompt (step 0), and keep it when nothing later beats it
     patience: int | None = None  # stop after this many evaluations without improvement
@@ -290,6 +294,8 @@ class TrainingConfig:
         self._check_class_weights()
         if self.warmup < 0:
             raise ConfigError(f"training.warmup={self.warmup!r} must be >= 0")
+        if isinstance(self.max_update, bool) or not isinstance(self.max_update, (int, float)) or self.max_update < 0:
+            raise ConfigError(f"training.max_update={self.max_update!r} must be a number >= 0 (0: no cap)")
 
     def _check_class_weights(self) -> None:
         weights = self.class_weights

@@ -161,7 +161,8 @@ def build_optimizer(units: Mapping[str, TaskPrompt], config: TrainingConfig,
     for key, unit in units.items():
         prompt = fresh(unit.method.parameters()) if unit.method is not None else []
         if prompt:
-            groups.append({"params": prompt, "lr": (lrs or {}).get(key, config.lr), "weight_decay": config.weight_decay})
+            groups.append({"params": prompt, "lr": (lrs or {}).get(key, config.lr), "weight_decay": config.weight_decay,
+                           "max_update": float(config.max_update)})
     for unit in units.values():
         head = fresh(unit.task.parameters())
         if head:
@@ -174,6 +175,21 @@ def build_optimizer(units: Mapping[str, TaskPrompt], config: TrainingConfig,
         # A fixed learning rate with our schedule, as Lester et al. (relative_step would ignore lr).
         return Adafactor(groups, lr=config.lr, scale_parameter=False, relative_step=False, warmup_init=False)
     return torch.optim.AdamW(groups)
+
+
+def capped_step(optimizer: torch.optim.Optimizer, step: Callable[[], None]) -> None:
+    """step() the optimizer, then shrink each capped tensor's change to at most max_update x its norm
+    before the step (a trust ratio, as LAMB's; tensors of norm 0 are left alone)."""
+    before = [(group["max_update"], p, p.detach().clone()) for group in optimizer.param_groups
+              if group.get("max_update") for p in group["params"]]
+    step()
+    with torch.no_grad():
+        for cap, p, old in before:
+            limit = cap * old.norm()
+            change = p.detach() - old
+            size = change.norm()
+            if limit > 0 and size > limit:
+                p.copy_(old + change * (limit / size))
 
 
 _SCHEDULES = {Schedule.LINEAR: "linear", Schedule.COSINE: "cosine", Schedule.CONSTANT: "constant_with_warmup"}
@@ -474,10 +490,10 @@ class _Fit:
             scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
         if scaler is not None:
-            scaler.step(self.optimizer)
+            capped_step(self.optimizer, lambda: scaler.step(self.optimizer))
             scaler.update()
         else:
-            self.optimizer.step()
+            capped_step(self.optimizer, self.optimizer.step)
         self.scheduler.step()
         return loss_value
 
