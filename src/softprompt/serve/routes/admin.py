@@ -36,6 +36,8 @@ async def load(body: p.LoadPromptRequest, request: Request, state: State):
     except SoftpromptError as exc:
         raise state.refuse(exc, "path" if body.path is not None else "library") from None
     state.metrics.prompts_changed()
+    if state.share_prompts is not None:  # checked here; now every replica's
+        await state.share_prompts({body.name: {"path": str(path)} if body.path is not None else {"library": body.library}})
     return p.PromptInfo(**served.describe())
 
 
@@ -47,4 +49,6 @@ async def unload(name: str, state: State):
     except PromptNotFound as exc:
         raise state.refuse(exc, "name") from None
     state.metrics.prompts_changed()
+    if state.share_prompts is not None:
+        await state.share_prompts({name: None})
     return {"deleted": name}
