@@ -177,12 +177,13 @@ def test_an_admin_load_is_served_by_every_replica_and_kept_in_the_set_file(clust
     refused = httpx.post(f"{cluster.url}/admin/prompts", headers=admin, timeout=60,
                          json={"name": "passwd", "path": "/etc/passwd"})
     assert refused.status_code == 403 and "/etc/passwd" in refused.json()["error"]["message"]
+    replicas = set(_served_by_both(cluster.url, "s-pt"))
     loaded = httpx.post(f"{cluster.url}/admin/prompts", headers=admin, timeout=120,
                         json={"name": LATE, "path": str(paths[LATE])})
     assert loaded.status_code == 200, loaded.text
     # the answer came once every replica had it: no replica answers 404 for it from now on
     seen = _served_by_both(cluster.url, LATE)
-    assert len(seen) == 2
+    assert set(seen) == replicas  # the same two replicas: reconfigured in place, not restarted
     for body in seen.values():
         _same_as_one_process(reference, LATE, TEXTS[0], body)
     kept = json.loads((folder / "softprompt-served.json").read_text())
@@ -292,3 +293,28 @@ def test_replica_options_need_replicas_and_a_missing_file_fails_before_ray_start
     proc = _cli("serve", "--replicas", "2", "--model", "x", "--prompt", f"a={tmp_path / 'none.safetensors'}")
     _one_error_line(proc, "none.safetensors")
     assert "Started a local Ray" not in proc.stderr
+
+
+def test_the_application_arguments_take_a_config_file_and_the_prompt_set_file(ray_serve, files, tmp_path):
+    """What a Ray worker builds the application from: a --config YAML's entries (paths relative to it made
+    absolute), the prompt set file under them, and one clear error for a bad argument or set file."""
+    import shutil
+
+    from softprompt.errors import ConfigError
+    from softprompt.serve.ray import resolve, write_prompt_set
+
+    model, _, paths = files
+    shutil.copy(paths["s-v2"], tmp_path / "mine.safetensors")
+    (tmp_path / "serve.yaml").write_text(f"model: {model}\nprompts:\n  mine: mine.safetensors\n")
+    write_prompt_set(tmp_path / "set.json", {"prompts": {"kept": {"path": str(paths["t-pt"])}}, "base": False})
+    spec, prompt_set = resolve({"config": str(tmp_path / "serve.yaml"), "prompt_set": str(tmp_path / "set.json"),
+                                "threads": "2"}, log=lambda *_: None)
+    assert spec["model"] == model and spec["threads"] == 2 and spec["prompt_dirs"] == [str(tmp_path.resolve())]
+    assert prompt_set == {"prompts": {"kept": {"path": str(paths["t-pt"])},
+                                      "mine": {"path": str((tmp_path / "mine.safetensors").resolve())}},
+                          "base": False}
+    with pytest.raises(ConfigError, match=r"unknown argument\(s\) \['modle'\]"):
+        resolve({"modle": model, "config": str(tmp_path / "serve.yaml")})
+    (tmp_path / "set.json").write_text('{"prompts": {"x": {"path": 1}}}')
+    with pytest.raises(ConfigError, match=r"set\.json: prompt 'x' must be"):
+        resolve({"config": str(tmp_path / "serve.yaml"), "prompt_set": str(tmp_path / "set.json")})

@@ -41,10 +41,10 @@ def serve(
                    "without one they are off."),
     no_base: bool = typer.Option(False, "--no-base", help="Do not serve the base model itself under its own name."),
     log_level: str = typer.Option("info", help="uvicorn's log level (access logs are JSON lines on stderr)."),
-    replicas: Optional[int] = typer.Option(
+    replicas: Optional[int] = typer.Option(  # \\[ray]: Rich would read [ray] as markup and drop it
         None, "--replicas", min=1, help="Serve with N replicas of this server on Ray Serve, behind Ray's HTTP "
                                         "proxy on --host/--port (a local Ray, started here; needs pip install "
-                                        "'softprompt[ray]'). Without it: one process, no Ray."),
+                                        "'softprompt\\[ray]'). Without it: one process, no Ray."),
     replica_threads: int = typer.Option(1, "--replica-threads", min=1,
                                         help="With --replicas: torch threads (and Ray CPUs) per replica."),
     replica_gpus: float = typer.Option(0.0, "--replica-gpus", min=0.0, help="With --replicas: GPUs per replica."),

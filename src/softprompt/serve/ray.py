@@ -370,10 +370,14 @@ def serve_replicas(args: dict, *, replicas: int, host: str = "127.0.0.1", port: 
     from ray.serve.schema import ServeDeploySchema
 
     spec, prompt_set = resolve(args, log)  # a wrong file or directory fails before Ray starts
-    args = {**args, "prompt_set": spec["prompt_set"], "prompts": {n: e.get("path") or {"library": e["library"]}
-                                                                  for n, e in prompt_set["prompts"].items()}}
-    args.pop("from_library", None)
-    args.pop("config", None)  # its entries are in prompts now, so every replica reads the same
+    # The application's arguments as resolved here (absolute paths, the --config file's entries, the
+    # demo prompt trained once), so that building it on a Ray worker reads nothing relative.
+    args = {"model": spec["model"], "dtype": spec["dtype"], "quantize": spec["quantize"], "library": spec["library"],
+            "prompt_dir": spec["prompt_dirs"], "prompt_set": spec["prompt_set"], "threads": spec["threads"],
+            "admin_token_file": spec["admin_token_file"], "serve_base": args.get("serve_base", True),
+            "prompts": {n: e.get("path") or {"library": e["library"]} for n, e in prompt_set["prompts"].items()},
+            **spec["engine"], **spec["settings"]}
+    args = {k: v for k, v in args.items() if v is not None}
     threads = spec["threads"]
     # A Ray of its own on this machine, no dashboard, a CPU per torch thread of each replica. Ray's HTTP
     # proxy binds host; Ray's own services listen on its node address (token authentication on).

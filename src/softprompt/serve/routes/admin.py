@@ -1,4 +1,5 @@
-"""Admin routes (bearer token; off without one): load a prompt under a name, stop serving one."""
+"""Admin routes (bearer token; off without one): load a prompt under a name, stop serving one. On
+replicas (serve/ray.py) a change is checked on the replica that gets it, then made every replica's."""
 
 from __future__ import annotations
 
