@@ -7,6 +7,7 @@ comes back with the admin's prompt set. One Ray for the module (it starts in abo
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -158,16 +159,16 @@ def test_two_replicas_answer_200_concurrent_requests_as_one_process_does(cluster
     assert len({replica for _, replica, *_ in results}) == 2  # Ray spread them over both replicas
 
 
-def _served_by_both(url: str, name: str, tries: int = 60) -> dict[str, dict]:
-    """A reply of each replica for `name` (they alternate under Ray's routing; `tries` requests at most)."""
+def _served_by_both(url: str, name: str, rounds: int = 8) -> dict[str, dict]:
+    """A reply of each replica for `name`: rounds of 16 requests at once, since Ray's router sends
+    requests one at a time to the replica it picked before (`rounds` at most)."""
     seen = {}
-    with httpx.Client(base_url=url, timeout=60) as client:
-        for i in range(tries):
-            reply = client.post("/v1/classify", json={"model": name, "input": TEXTS[0]})
-            assert reply.status_code == 200, reply.text
-            seen[reply.headers[HEADER]] = reply.json()
-            if len(seen) == 2:
-                break
+    for _ in range(rounds):
+        for status, replica, body, _ in asyncio.run(_classify_many(url, [(name, TEXTS[0])] * 16, concurrency=16)):
+            assert status == 200, body
+            seen[replica] = body
+        if len(seen) == 2:
+            break
     return seen
 
 
@@ -195,12 +196,12 @@ def test_an_admin_load_is_served_by_every_replica_and_kept_in_the_set_file(clust
             reply = client.get("/metrics")
             replica = reply.headers[HEADER]
             assert f'softprompt_prompts_loaded{{replica="{replica}"}} {len(SPECS) + 1}.0' in reply.text
+            assert re.search(rf'^softprompt_requests_total{{[^}}]*replica="{replica}"', reply.text, re.M)
     # an unload too: gone from every replica and from the file
     gone = httpx.delete(f"{cluster.url}/admin/prompts/s-pt2", headers=admin, timeout=120)
     assert gone.status_code == 200, gone.text
-    with httpx.Client(base_url=cluster.url, timeout=60) as client:
-        answers = [client.post("/v1/classify", json={"model": "s-pt2", "input": "x"}) for _ in range(10)]
-    assert {a.status_code for a in answers} == {404} and len({a.headers[HEADER] for a in answers}) == 2
+    answers = asyncio.run(_classify_many(cluster.url, [("s-pt2", TEXTS[0])] * 32, concurrency=16))
+    assert {status for status, *_ in answers} == {404} and len({replica for _, replica, *_ in answers}) == 2
     assert "s-pt2" not in json.loads((folder / "softprompt-served.json").read_text())["prompts"]
 
 
@@ -249,7 +250,7 @@ def test_a_replica_killed_mid_load_costs_only_its_requests_and_comes_back_with_t
     # Ray starts a new replica in its place, with the deployment's prompt set (the admin's load included)
     deadline = time.monotonic() + 180
     while True:
-        seen = _served_by_both(cluster.url, LATE, tries=20)
+        seen = _served_by_both(cluster.url, LATE, rounds=3)
         if len(seen) == 2 and set(seen) != before:
             break
         assert time.monotonic() < deadline, f"no new replica answered in 180 s ({seen.keys()} vs {before})"

@@ -10,8 +10,8 @@ num_cpus/num_gpus, `max_ongoing_requests`).
 The set of prompts is the deployment's `user_config`: {"prompts": {name: {"path": file} |
 {"library": ref}}, "base": serve the base model}. Ray hands it to every replica, those it starts
 later included, through `reconfigure`. An admin load or unload on one replica is checked there
-first, then written to the set file (the same JSON, beside the prompts, read again when the
-application is built) and applied as a Serve config with the new user_config: the Serve
+first, then applied as a Serve config with the new user_config and written to the set file (the
+same JSON, beside the prompts, read again when the application is built): the Serve
 controller reconfigures every replica in place (same code, no restart), and the admin answer
 waits until it has. That needs an application deployed from a Serve config (`softprompt serve
 --replicas`, `serve run CONFIG.yaml`, `serve deploy`); one deployed from Python keeps its prompts
@@ -291,9 +291,13 @@ class SoftpromptServer:
         controller reports every replica reconfigured."""
         try:
             await asyncio.to_thread(self._redeploy, changes)
-        except APIError:
+        except Exception as exc:
             await asyncio.to_thread(self._apply, self.prompt_set)  # back to what every replica serves
-            raise
+            if isinstance(exc, APIError):
+                raise
+            log.exception("replica %s: the new prompt set was not deployed", self.replica)
+            raise APIError(503, f"the replicas could not be reconfigured ({type(exc).__name__})",
+                           "service_unavailable") from None
 
     def _redeploy(self, changes: dict[str, dict | None]) -> None:
         from ray.serve.context import _get_global_client
@@ -329,14 +333,14 @@ class SoftpromptServer:
             elif name == self.registry.base.name:
                 base = False
         mine["user_config"] = new = {"prompts": prompts, "base": base}
-        if self.spec["prompt_set"]:
-            write_prompt_set(self.spec["prompt_set"], new)
         others = [a["deployed_app_config"] for name, a in details.get("applications", {}).items()
                   if name != app_name and a.get("deployed_app_config")]  # a config names them all, or drops them
         target = {"applications": [config, *others]}
         if details.get("target_capacity") is not None:
             target["target_capacity"] = details["target_capacity"]
         client.deploy_apps(ServeDeploySchema.model_validate(target))
+        if self.spec["prompt_set"]:  # once the controller has it: a restart comes back with what it serves
+            write_prompt_set(self.spec["prompt_set"], new)
         wait_reconfigured(app_name, deployment, timeout=self.state.settings.timeout if self.state else 120.0)
 
 
