@@ -41,6 +41,17 @@ def serve(
                    "without one they are off."),
     no_base: bool = typer.Option(False, "--no-base", help="Do not serve the base model itself under its own name."),
     log_level: str = typer.Option("info", help="uvicorn's log level (access logs are JSON lines on stderr)."),
+    replicas: Optional[int] = typer.Option(  # \\[ray]: Rich would read [ray] as markup and drop it
+        None, "--replicas", min=1, help="Serve with N replicas of this server on Ray Serve, behind Ray's HTTP "
+                                        "proxy on --host/--port (a local Ray, started here; needs pip install "
+                                        "'softprompt\\[ray]'). Without it: one process, no Ray."),
+    replica_threads: int = typer.Option(1, "--replica-threads", min=1,
+                                        help="With --replicas: torch threads (and Ray CPUs) per replica."),
+    replica_gpus: float = typer.Option(0.0, "--replica-gpus", min=0.0, help="With --replicas: GPUs per replica."),
+    prompt_set: Optional[Path] = typer.Option(
+        None, "--prompt-set", help="With --replicas: the JSON file that keeps the set of prompts served (admin "
+                                   "loads and unloads), read again at start (default: softprompt-served.json "
+                                   "in the first prompt directory)."),
 ):
     """Serve prompts of one base model over HTTP: OpenAI-compatible completions and chat completions
     (`model` names a prompt), /v1/classify, /v1/tag, /metrics, /health and a page at /. With no
@@ -48,6 +59,8 @@ def serve(
     from ..serve import ServeSettings, build_registry, run
 
     _check_precision(dtype, quantize)
+    if replicas is None and (replica_threads != 1 or replica_gpus or prompt_set is not None):
+        _fail("--replica-threads, --replica-gpus and --prompt-set go with --replicas N")
     token = os.environ.get("SOFTPROMPT_ADMIN_TOKEN")
     if admin_token_file is not None:
         if not admin_token_file.is_file():
@@ -61,6 +74,15 @@ def serve(
         if not sep or not name or not path:
             _fail(f"--prompt {spec!r}: expected NAME=PATH")
         pairs.append((name, path))
+    if replicas is not None:
+        _replicated(replicas, replica_threads, replica_gpus, host=host, port=port, args={
+            "model": model, "dtype": dtype, "quantize": quantize, "library": _absolute(library),
+            "config": _absolute(config), "prompts": {n: _absolute(Path(p)) for n, p in pairs},
+            "from_library": library_prompt or [], "prompt_dir": [_absolute(d) for d in prompt_dir or []],
+            "prompt_set": _absolute(prompt_set), "serve_base": not no_base, "threads": replica_threads,
+            "admin_token_file": _absolute(admin_token_file), "max_queue": max_queue, "max_batch_rows": max_batch_rows,
+            "max_running": max_running, "max_tokens": max_tokens, "timeout": timeout})
+        return
     registry = _run(build_registry, model=model, prompts=pairs, library_refs=library_prompt or [], config=config,
                     library=library, serve_base=not no_base, prompt_dirs=prompt_dir or [],
                     dtype=dtype, quantize=quantize,
@@ -71,3 +93,20 @@ def serve(
                f"{'on' if token else 'off'})", err=True)
     settings = ServeSettings(max_tokens=max_tokens, timeout=timeout, admin_token=token)
     run(registry, settings, host=host, port=port, log_level=log_level)
+
+
+def _absolute(path: Optional[Path]) -> Optional[str]:
+    return None if path is None else str(Path(path).absolute())
+
+
+def _replicated(replicas: int, threads: int, gpus: float, *, host: str, port: int, args: dict) -> None:
+    """`--replicas N`: the server on Ray Serve (softprompt.serve.ray), until SIGTERM or Ctrl-C."""
+    try:
+        from ..serve import ray as ray_serve
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "ray":
+            raise
+        _fail("--replicas needs Ray Serve, which is not installed: pip install 'softprompt[ray]'")
+    args = {k: v for k, v in args.items() if v is not None}
+    _run(ray_serve.serve_replicas, args, replicas=replicas, host=host, port=port, gpus=gpus,
+         log=lambda line: typer.echo(line, err=True))

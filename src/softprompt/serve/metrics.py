@@ -1,5 +1,6 @@
 """Prometheus metrics of one server, in a registry of its own (several servers in one process, as in
-tests, never share counters). Labels come from bounded sets only: routes and loaded prompt names."""
+tests, never share counters). Labels come from bounded sets only: routes and loaded prompt names;
+a replica of a replicated server (serve/ray.py) adds its own name to every sample (`const_labels`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 
 
 class ServerMetrics:
-    def __init__(self, prompts):
+    def __init__(self, prompts, const_labels: dict[str, str] | None = None):
         self.prompts = prompts
+        self.const_labels = dict(const_labels or {})  # on every sample rendered, e.g. {"replica": ...}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("softprompt_requests", "HTTP requests by route, prompt and status.",
@@ -58,4 +60,10 @@ class ServerMetrics:
         self.loaded.set(len(self.prompts.names()))
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self if self.const_labels else self.registry), CONTENT_TYPE_LATEST
+
+    def collect(self):
+        """The registry's metric families with const_labels added to every sample (what render reads)."""
+        for family in self.registry.collect():
+            family.samples = [s._replace(labels={**self.const_labels, **s.labels}) for s in family.samples]
+            yield family

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable, Sequence
+from typing import Annotated, Awaitable, Callable, Sequence
 
 from fastapi import Depends, Request
 
@@ -42,6 +42,9 @@ class ServerState:
     draining: bool = False  # the lifespan ended: requests in flight finish, /health says so
     waiting: int = 0  # requests awaiting their results (touched on the event loop only)
     load_roots: tuple[Path, ...] = ()  # where admin loads may read prompt files (registry.load_roots at start)
+    # Set by a replica of a replicated server (serve/ray.py): an admin load or unload, made here first,
+    # goes to every replica through it ({name: set entry, or None when unloaded}). None: one process.
+    share_prompts: Callable[[dict], Awaitable[None]] | None = None
 
     @property
     def engine(self) -> Engine:

@@ -1,4 +1,5 @@
-"""Admin routes (bearer token; off without one): load a prompt under a name, stop serving one."""
+"""Admin routes (bearer token; off without one): load a prompt under a name, stop serving one. On
+replicas (serve/ray.py) a change is checked on the replica that gets it, then made every replica's."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ async def load(body: p.LoadPromptRequest, request: Request, state: State):
     except SoftpromptError as exc:
         raise state.refuse(exc, "path" if body.path is not None else "library") from None
     state.metrics.prompts_changed()
+    if state.share_prompts is not None:  # checked here; now every replica's
+        await state.share_prompts({body.name: {"path": str(path)} if body.path is not None else {"library": body.library}})
     return p.PromptInfo(**served.describe())
 
 
@@ -47,4 +50,6 @@ async def unload(name: str, state: State):
     except PromptNotFound as exc:
         raise state.refuse(exc, "name") from None
     state.metrics.prompts_changed()
+    if state.share_prompts is not None:
+        await state.share_prompts({name: None})
     return {"deleted": name}
