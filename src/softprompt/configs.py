@@ -243,8 +243,8 @@ class TrainingConfig:
     warmup: float = 0.06  # fraction of steps (< 1) or a number of steps (>= 1)
     max_grad_norm: float = 1.0
     # Cap on each step's relative change of a prompt tensor, ||p_t - p_(t-1)|| / ||p_(t-1)|| (a trust
-    # ratio, as LAMB's; 0: none). Heads are never capped. Off by default: 0.02 removed SST-5's early
-    # swings' cause but cost TREC 7 points (BENCHMARKS.md, issue 24).
+    # ratio, as LAMB's; 0: none). Heads are never capped. Off by default: measured on one seed only
+    # (BENCHMARKS.md, SST-5 section, issue 24).
     max_update: float = 0.0
     eval_every: int = 50  # steps between dev evaluations (the best prompt is kept)
     eval_start: bool = True  # also score the starting prompt (step 0), and keep it when nothing later beats it
