@@ -332,16 +332,15 @@ def idle_rate(roots: list[int], seconds: float = 3.0) -> float:
 
 
 def settle(roots: list[int], idle: float, limit: float = 120.0) -> float:
-    """Wait until the servers are back to their idle CPU use (plus 0.1 s a second): a request cut off
-    at the window's end may still be computing (the pass it is in finishes), and that work must not
-    land in the next window. The seconds waited."""
+    """Wait until the servers are back to their idle CPU use (plus 0.1 s a second, two seconds running):
+    a request cut off at the window's end may still be computing (the pass it is in finishes), and that
+    work must not land in the next window. The seconds waited."""
     began = time.monotonic()
-    used = sum(cpu_seconds(root) for root in roots)
-    while time.monotonic() - began < limit:
+    used, quiet = sum(cpu_seconds(root) for root in roots), 0
+    while time.monotonic() - began < limit and quiet < 2:
         time.sleep(1)
         now = sum(cpu_seconds(root) for root in roots)
-        if now - used < idle + 0.1:
-            break
+        quiet = quiet + 1 if now - used < idle + 0.1 else 0
         used = now
     return time.monotonic() - began
 
@@ -485,27 +484,44 @@ def report(name: str, result: dict) -> None:
 
 
 def markdown(summary: dict) -> str:
-    """The table of a result file: per N and pattern, each side's requests/s and per route p50 / p99,
-    and ours over the baseline."""
-    def s(x, digits=1):
+    """Two tables of a result file, a row per prompt count and pattern: throughput (requests/s and
+    answered requests per CPU second of the server, which a shared machine's other load disturbs
+    less), and per route p50 / p99; each with ours over the baseline (PEFT), and ours with K replicas
+    over ours with 1 where run."""
+    def s(x, digits=2):
         return "-" if x is None else f"{x:.{digits}f}"
 
-    lines = ["| prompts | pattern | side | requests/s | classify p50 / p99 | completions p50 / p99 | cut off | "
-             "ours/PEFT requests/s | ours/PEFT p50 | ours/PEFT p99 |",
-             "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    def over(x, y):
+        return x / y if x is not None and y else None
+
+    def per_cpu(r):
+        return over(r["ok"], r.get("server_cpu_s"))
+
+    def answered(r):
+        return " + ".join(str(r["routes"].get(route, {}).get("answered", 0)) for route in ROUTES.values())
+
+    def both(ours, peft, digits=2):
+        return f"{s(ours, digits)} / {s(peft, digits)} ({s(over(ours, peft))}x)"
+
+    speed = ["| prompts | pattern | requests/s ours / PEFT (ratio) | answered per server CPU s ours / PEFT (ratio) | "
+             "answered, classify + completions, ours / PEFT | cut off ours / PEFT | 1 vs 2 replicas (ours) |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+    wait = ["| prompts | pattern | classify p50, ours / PEFT (ratio) | classify p99 | completions p50 | completions p99 |",
+            "| ---: | --- | ---: | ---: | ---: | ---: |"]
     for n, patterns in summary["results"].items():
         for pattern, sides in patterns.items():
-            for side, r in sides.items():
-                if side in ("order", "ratios"):
-                    continue
-                c, g = (r["routes"].get(route, {}) for route in ROUTES.values())
-                ratio = sides.get("ratios", {}).get(side, {})
-                cut = r["statuses"].get(CUT_OFF, 0)
-                lines.append(f"| {n} | {pattern} | {'PEFT' if side == 'baseline' else side} | {s(r['requests_per_s'], 2)} | "
-                             f"{s(c.get('p50_s'))} / {s(c.get('p99_s'))} s | {s(g.get('p50_s'))} / {s(g.get('p99_s'))} s | "
-                             f"{cut} | {s(ratio.get('requests_per_s'), 2)}{'x' if ratio.get('requests_per_s') else ''} | "
-                             f"{s(ratio.get('p50'), 2)} | {s(ratio.get('p99'), 2)} |")
-    return "\n".join(lines)
+            ours, peft = sides.get("ours"), sides.get("baseline")
+            if not ours or not peft:
+                continue
+            scaled = [f"{side.split('-')[1]}: {s(r['requests_per_s'])} requests/s" for side, r in sides.items()
+                      if side.endswith("-replicas")]
+            speed.append(f"| {n} | {pattern} | {both(ours['requests_per_s'], peft['requests_per_s'])} | "
+                         f"{both(per_cpu(ours), per_cpu(peft))} | {answered(ours)} / {answered(peft)} | {ours['statuses'].get(CUT_OFF, 0)} / "
+                         f"{peft['statuses'].get(CUT_OFF, 0)} | {'; '.join(scaled) or 'not run'} |")
+            cells = [both(ours["routes"].get(route, {}).get(q), peft["routes"].get(route, {}).get(q), 1)
+                     for route in ROUTES.values() for q in ("p50_s", "p99_s")]
+            wait.append(f"| {n} | {pattern} | " + " | ".join(f"{c.replace(' (', ' s (')}" for c in cells) + " |")
+    return "\n".join(speed) + "\n\n" + "\n".join(wait)
 
 
 def sides_of(a) -> list[tuple[str, str, int, int | None]]:
@@ -561,7 +577,7 @@ def run_prompts(a, n: int, reviews: list[str], mrs: list[str], summary: dict) ->
 def cpu_info() -> dict:
     """The CPU model, its cores, and the vector extensions torch's kernels pick from."""
     text = Path("/proc/cpuinfo").read_text()
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v for k, v in (line.split(":", 1) for line in text.splitlines() if ":" in line)}
     flags = fields.get("flags", "").split()
     return {"model": fields.get("model name", "?").strip(), "cores": os.cpu_count(),
             "cores_available": len(os.sched_getaffinity(0)),
