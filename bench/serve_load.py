@@ -51,8 +51,8 @@ cores (its CPU affinity), OMP_NUM_THREADS (torch's thread count) and OS threads.
 ours with a low --max-queue shows the only failures are the 429s that limit is set to give.
 
     python bench/serve_load.py --out bench/results/serve_load.json
-    python bench/serve_load.py --pattern all --prompts 16 --prompts 256 --clients 32 --duration 30 \\
-        --low-queue 0 --out bench/results/serve_patterns.json
+    python bench/serve_load.py --pattern all --prompts 16 --prompts 256 --clients 32 --duration 40 \\
+        --threads 1 --low-queue 0 --out bench/results/serve_patterns.json
     python bench/serve_load.py --report bench/results/serve_patterns.json   # the markdown table
 """
 
@@ -516,8 +516,9 @@ def markdown(summary: dict) -> str:
             scaled = [f"{side.split('-')[1]}: {s(r['requests_per_s'])} requests/s" for side, r in sides.items()
                       if side.endswith("-replicas")]
             speed.append(f"| {n} | {pattern} | {both(ours['requests_per_s'], peft['requests_per_s'])} | "
-                         f"{both(per_cpu(ours), per_cpu(peft))} | {answered(ours)} / {answered(peft)} | {ours['statuses'].get(CUT_OFF, 0)} / "
-                         f"{peft['statuses'].get(CUT_OFF, 0)} | {'; '.join(scaled) or 'not run'} |")
+                         f"{both(per_cpu(ours), per_cpu(peft))} | {answered(ours)} / {answered(peft)} | "
+                         f"{ours['statuses'].get(CUT_OFF, 0)} / {peft['statuses'].get(CUT_OFF, 0)} | "
+                         f"{'; '.join(scaled) or 'not run'} |")
             cells = [both(ours["routes"].get(route, {}).get(q), peft["routes"].get(route, {}).get(q), 1)
                      for route in ROUTES.values() for q in ("p50_s", "p99_s")]
             wait.append(f"| {n} | {pattern} | " + " | ".join(f"{c.replace(' (', ' s (')}" for c in cells) + " |")
